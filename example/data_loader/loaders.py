@@ -1,0 +1,40 @@
+"""DataLoader factory shared by the projects: seeded shuffles and a seeded train/val split."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
+
+
+def split_train_val(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Split ``dataset`` into (train, val) with a generator seeded by ``seed``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    size = len(dataset)  # type: ignore[arg-type]
+    val_size = max(1, round(size * val_fraction))
+    generator = torch.Generator().manual_seed(seed)
+    train, val = random_split(dataset, [size - val_size, val_size], generator=generator)
+    return train, val
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffle order depends only on ``seed``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

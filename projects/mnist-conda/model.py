@@ -1,0 +1,57 @@
+"""The MNIST network and the batch augmentation used to train it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# Mean and standard deviation of MNIST pixels in [0, 1]; the model normalizes its own input,
+# so callers (and the logged MLflow model) take plain pixel values.
+PIXEL_MEAN = 0.1307
+PIXEL_STD = 0.3081
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DigitNet(nn.Module):
+    """A small batch-normalized CNN: images ``(N, 1, 28, 28)`` in [0, 1] to logits ``(N, 10)``."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_block(1, 16),
+            nn.MaxPool2d(2),  # 14x14
+            conv_block(16, 32),
+            nn.MaxPool2d(2),  # 7x7
+            conv_block(32, 64),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(64 * 7 * 7, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.25),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features((images - PIXEL_MEAN) / PIXEL_STD))
+
+
+def random_shift(images: torch.Tensor, max_pixels: float = 1.5) -> torch.Tensor:
+    """Shift each image by its own random offset of up to ``max_pixels`` (light augmentation)."""
+    batch = images.shape[0]
+    offsets = (torch.rand(batch, 2, device=images.device) * 2 - 1) * (2 * max_pixels / 28)
+    theta = torch.zeros(batch, 2, 3, device=images.device)
+    theta[:, 0, 0] = 1
+    theta[:, 1, 1] = 1
+    theta[:, :, 2] = offsets
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

@@ -1,0 +1,76 @@
+"""The MNIST training script in-process: argument checks, seeding and the default recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PROJECTS_DIR
+
+MNIST_CONDA = PROJECTS_DIR / "mnist-conda"
+
+
+@pytest.fixture
+def train(monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> Iterator[ModuleType]:
+    """projects/mnist-conda/train.py imported as `mlflow run` would see it."""
+    monkeypatch.syspath_prepend(str(MNIST_CONDA))
+    import train as module
+
+    yield module
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "2.5"], "argument --epochs: expected an integer >= 1, got '2.5'"),
+        (["--batch-size", "-3"], "argument --batch-size: expected an integer >= 1, got '-3'"),
+        (["--learning-rate", "nan"], "argument --learning-rate: expected a number > 0, got 'nan'"),
+        (["--val-fraction", "1"], "argument --val-fraction: expected a number between 0 and 1"),
+        (["--device", "tpu"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+        (["--download", "maybe"], "argument --download: expected true or false, got 'maybe'"),
+    ],
+)
+def test_bad_argument_is_one_line(
+    train: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and message in stderr
+
+
+def test_cuda_requested_without_cuda_is_clear(
+    train: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert train.main(["--device", "cuda", "--epochs", "1"]) == 2
+    assert "device 'cuda' was asked for but CUDA is not available" in capsys.readouterr().err
+
+
+def run_metrics(tracking_uri: str) -> list[dict[str, float]]:
+    client = MlflowClient(tracking_uri)
+    return [run.data.metrics for run in client.search_runs(["0"], order_by=["start_time ASC"])]
+
+
+def test_same_seed_gives_same_metrics_on_cpu(train: ModuleType, tracking_uri: str) -> None:
+    argv = ["--epochs", "1", "--batch-size", "256", "--seed", "11", "--device", "cpu"]
+    assert train.main(argv) == 0
+    assert train.main(argv) == 0
+    first, second = run_metrics(tracking_uri)
+    assert first == second
+    assert first["test_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_default_recipe_reaches_98_percent(train: ModuleType, tracking_uri: str) -> None:
+    """At default parameters on the bundled sample (README: 'Default recipe')."""
+    assert train.main(["--device", "cpu"]) == 0
+    (metrics,) = run_metrics(tracking_uri)
+    assert metrics["test_accuracy"] >= 0.98

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
+import mlflow.pyfunc
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECTS_DIR
+from data_loader import load_mnist
 
 MNIST_CONDA = PROJECTS_DIR / "mnist-conda"
 
@@ -74,3 +77,36 @@ def test_default_recipe_reaches_98_percent(train: ModuleType, tracking_uri: str)
     assert train.main(["--device", "cpu"]) == 0
     (metrics,) = run_metrics(tracking_uri)
     assert metrics["test_accuracy"] >= 0.98
+
+
+def test_registered_model_gets_candidate_alias_and_metric_tag(
+    train: ModuleType, tracking_uri: str
+) -> None:
+    argv = ["--epochs", "1", "--batch-size", "256", "--registered-model-name", "mnist-test"]
+    assert train.main(argv) == 0
+    client = MlflowClient(tracking_uri)
+    version = client.get_model_version_by_alias("mnist-test", "candidate")
+    (run,) = client.search_runs(["0"])
+    assert version.run_id == run.info.run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"])
+
+
+def test_failed_model_upload_keeps_the_trained_model(
+    train: ModuleType,
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The artifact store is a path under a regular file: the real upload fails."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    MlflowClient(tracking_uri).create_experiment("blocked", str(blocker / "artifacts"))
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "blocked")
+    assert train.main(["--epochs", "1", "--batch-size", "256"]) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train.py: error")]
+    kept = Path(line.split("the trained model is kept at ")[1].split("; upload it")[0])
+    assert "mlflow artifacts log-artifacts --run-id" in line
+    test = load_mnist(split="test")
+    logits = mlflow.pyfunc.load_model(str(kept)).predict(test.images[:200].numpy())
+    assert (logits.argmax(axis=1) == test.labels[:200].numpy()).mean() > 0.8

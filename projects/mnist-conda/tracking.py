@@ -1,0 +1,93 @@
+"""What train.py records in MLflow: params, datasets, the model and its registration."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+from data_loader import MNISTDataset
+
+CANDIDATE_ALIAS = "candidate"
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1, 28, 28))]),
+    outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 10))]),
+)
+
+
+class TrackingError(Exception):
+    """Recording failed after training; the message says where the model is kept."""
+
+
+def log_new_params(params: dict[str, object]) -> None:
+    """Log the params that ``mlflow run`` has not logged already (it logs the -P values)."""
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged and v != ""})
+
+
+def log_datasets(train_full: MNISTDataset, test: MNISTDataset) -> None:
+    for dataset, context in ((train_full, "training"), (test, "testing")):
+        with warnings.catch_warnings():
+            # MLflow registers its local-file dataset source twice and warns that a local path
+            # "can be interpreted in multiple ways"; both interpretations are the same class.
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            source = mlflow.data.from_numpy(
+                features=dataset.images.numpy(),
+                targets=dataset.labels.numpy(),
+                source=str(dataset.source),
+                name=f"mnist-{context}",
+            )
+        mlflow.log_input(source, context=context)
+
+
+def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
+    """Log the model (pt2 format, tensor signature); return its URI.
+
+    If logging fails (an unreachable server or artifact store), the trained model is saved
+    locally first and the error says where, and how to upload it.
+    """
+    model = model.cpu().eval()
+    options = {
+        "signature": SIGNATURE,
+        "input_example": example.numpy(),
+        # The flavor's pinned defaults (torch, ...): skips a 10 s import-tracing subprocess.
+        "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
+    }
+    try:
+        return mlflow.pytorch.log_model(model, name="model", **options).model_uri
+    except Exception as exc:
+        run_id = mlflow.active_run().info.run_id
+        kept = Path(tempfile.gettempdir()) / "mnist-models" / run_id / "model"
+        if not kept.exists():
+            mlflow.pytorch.save_model(model, kept, **options)
+        raise TrackingError(
+            f"logging the model failed ({exc}); the trained model is kept at {kept}; upload it "
+            f"with: mlflow artifacts log-artifacts --run-id {run_id} --local-dir {kept} "
+            f"--artifact-path model"
+        ) from exc
+
+
+def register(model_uri: str, name: str, metrics: dict[str, float]) -> int:
+    """Register the model as a new version of ``name``, alias it ``candidate``, tag its metrics."""
+    try:
+        version = mlflow.register_model(model_uri, name).version
+        client = MlflowClient()
+        client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+        for key, value in metrics.items():
+            client.set_model_version_tag(name, version, key, f"{value:.6f}")
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(
+            f"the model is logged at {model_uri} but registering it as {name!r} failed "
+            f"({exc.message}); retry in Python with "
+            f"mlflow.register_model({model_uri!r}, {name!r})"
+        ) from exc
+    print(f"Registered {name!r} version {version} with alias {CANDIDATE_ALIAS!r}", file=sys.stderr)
+    return int(version)

@@ -16,10 +16,26 @@ RUN_ARGS ?=
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: help setup run ui test lint benchmark clean
+# Containers: `make docker-images BASE_IMAGE=...` where Docker Hub is out of reach
+# (.ci/base-image.sh builds a stand-in from Debian packages).
+BASE_IMAGE ?= python:3.11-slim
+DOCKER_PROJECTS := mnist-docker elasticnet-docker
+# Host network: the container reaches servers on the host. The mount: with the local store,
+# MLflow 3 writes a logged model under the experiment's artifact root, which MLflow's Docker
+# backend does not mount by itself (it mounts the run's artifact folder only).
+DOCKER_RUN_ARGS ?= -A network=host -A v=$(CURDIR)/mlruns:$(CURDIR)/mlruns
+# Kubernetes: the registry the image is pushed to, the kube context, the pod's tracking URI.
+REGISTRY ?= localhost:5000
+KUBE_CONTEXT ?= $(shell kubectl config current-context 2>/dev/null)
+KUBE_TRACKING_URI ?= $(TRACKING_URI)
+REGISTRY_PORT ?= 5000
+STATE := $(CURDIR)/.run
+
+.PHONY: help setup run ui test lint benchmark clean docker-images run-docker run-k8s \
+	registry registry-stop base-image
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## Create .venv with the pinned dependencies (no-op when up to date)
 
@@ -53,3 +69,48 @@ benchmark: setup ## Time the MNIST recipe against the pytorch/examples reference
 
 clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 	rm -rf mlflow.db mlruns
+
+docker-check:
+	@docker info >/dev/null 2>&1 || { echo "make $(firstword $(MAKECMDGOALS)): no Docker daemon answers (docker info failed): start dockerd or Docker Desktop" >&2; exit 1; }
+
+base-image: docker-check ## Build a python:3.11-slim stand-in from Debian packages (no Docker Hub)
+	.ci/base-image.sh
+
+docker-images: docker-check ## Build the dependency images of the Docker projects
+	docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  -t mlflow-store/mnist-deps:1 projects/mnist-docker
+	docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  -t mlflow-store/elasticnet-deps:1 projects/elasticnet-docker
+
+run-docker: setup docker-check ## Run mnist-docker and elasticnet-docker with mlflow run --build-image
+	@for image in mlflow-store/mnist-deps:1 mlflow-store/elasticnet-deps:1; do \
+	  docker image inspect $$image >/dev/null 2>&1 || { echo "make run-docker: image $$image is missing: run make docker-images" >&2; exit 1; }; done
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run --build-image \
+	  $(DOCKER_RUN_ARGS) projects/mnist-docker $(RUN_ARGS)
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run --build-image \
+	  $(DOCKER_RUN_ARGS) projects/elasticnet-docker -P alpha=0.001
+
+run-k8s: setup docker-check ## Run mnist-k8s as a Kubernetes Job (REGISTRY, KUBE_CONTEXT, TRACKING_URI)
+	@[ -n "$(KUBE_CONTEXT)" ] && kubectl config get-contexts "$(KUBE_CONTEXT)" >/dev/null 2>&1 || { echo "make run-k8s: no kube context '$(KUBE_CONTEXT)': set KUBE_CONTEXT= to one of 'kubectl config get-contexts'" >&2; exit 1; }
+	@case "$(TRACKING_URI)" in http://*|https://*) ;; *) echo "make run-k8s: the pod needs a tracking server, not $(TRACKING_URI): set TRACKING_URI=http(s)://..." >&2; exit 1;; esac
+	@registry="$(REGISTRY)"; host=$${registry%%/*}; port=443; case $$host in *:*) port=$${host##*:}; host=$${host%%:*};; esac; \
+	  timeout 5 bash -c "</dev/tcp/$$host/$$port" 2>/dev/null || { echo "make run-k8s: registry $(REGISTRY) does not answer on $$host:$$port: start one with make registry, or set REGISTRY=" >&2; exit 1; }
+	@mkdir -p $(STATE) && $(BIN)/python -c 'import json; \
+	  config = json.load(open("projects/mnist-k8s/kubernetes_config.json")); \
+	  config.update({"kube-context": "$(KUBE_CONTEXT)", "repository-uri": "$(REGISTRY)/mnist-k8s"}); \
+	  json.dump(config, open("$(STATE)/kubernetes_config.json", "w"), indent=2)'
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) KUBE_MLFLOW_TRACKING_URI=$(KUBE_TRACKING_URI) \
+	  $(BIN)/mlflow run --backend kubernetes --backend-config $(STATE)/kubernetes_config.json \
+	  projects/mnist-k8s $(RUN_ARGS)
+
+registry: ## Start a local image registry on 127.0.0.1:REGISTRY_PORT (default 5000)
+	@command -v docker-registry >/dev/null || { echo "make registry: docker-registry is not installed: apt-get install docker-registry" >&2; exit 1; }
+	@mkdir -p $(STATE)/registry
+	@printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+	  $(STATE)/registry $(REGISTRY_PORT) > $(STATE)/registry.yml
+	@docker-registry serve $(STATE)/registry.yml > $(STATE)/registry.log 2>&1 & echo $$! > $(STATE)/registry.pid
+	@echo "registry on 127.0.0.1:$(REGISTRY_PORT) (pid $$(cat $(STATE)/registry.pid), log $(STATE)/registry.log); stop with make registry-stop"
+
+registry-stop: ## Stop the registry that make registry started
+	@[ -f $(STATE)/registry.pid ] && kill $$(cat $(STATE)/registry.pid) && rm $(STATE)/registry.pid && echo "registry stopped" || echo "no registry started by make registry"
+include ready_for_mlflow/server.mk

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -16,6 +17,7 @@ PROJECTS_DIR = ROOT / "projects"
 VENV_BIN = Path(sys.executable).parent
 # Set by .ci/run: a test whose component is missing fails instead of skipping.
 REQUIRE_ALL = os.environ.get("MLFLOW_STORE_REQUIRE_ALL") == "1"
+pytest_plugins = ["conftest_servers"]  # S3 endpoint, tracking server, trained-model fixtures
 
 
 def require(component: str, available: bool, how: str) -> None:
@@ -26,6 +28,30 @@ def require(component: str, available: bool, how: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(message + " (MLFLOW_STORE_REQUIRE_ALL=1)")
     pytest.skip(message)
+
+
+def docker_answers() -> bool:
+    """True when a Docker daemon answers (``docker info``)."""
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def require_docker() -> None:
+    require("Docker engine", docker_answers(), "install docker.io and start dockerd")
+
+
+def require_docker_image(project: Path) -> str:
+    """The project's docker_env image, which `make docker-images` builds."""
+    require_docker()
+    image = yaml.safe_load((project / "MLproject").read_text())["docker_env"]["image"]
+    present = subprocess.run(
+        ["docker", "image", "inspect", image], capture_output=True, check=False
+    )
+    require(f"image {image}", present.returncode == 0, "run make docker-images")
+    return image
 
 
 def project_dirs() -> list[Path]:

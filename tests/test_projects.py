@@ -13,7 +13,7 @@ import mlflow.pyfunc
 import pytest
 import yaml
 
-from conftest import PROJECTS_DIR, ROOT, mlflow_run, only_run, project_dirs
+from conftest import PROJECTS_DIR, ROOT, mlflow_run, only_run, project_dirs, require_docker_image
 from heldout import HELDOUT
 
 MNIST_CONDA = PROJECTS_DIR / "mnist-conda"
@@ -45,6 +45,9 @@ def assert_smoke_run(project: Path, tracking_uri: str, config: dict) -> None:
         assert run.data.params[key] == str(value), key
     missing = set(config["metrics"]) - set(run.data.metrics)
     assert not missing, f"metrics not logged: {sorted(missing)}"
+    if "--build-image" in config.get("run_args", []):
+        image = run.data.tags["mlflow.docker.image.uri"]
+        assert image.startswith(f"{project.name}"), image
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     score = HELDOUT[config["heldout"]](model)
     assert score >= config["min_score"], f"held-out {config['heldout']} score {score:.3f}"
@@ -56,13 +59,21 @@ def test_projects_are_found() -> None:
 
 @pytest.mark.parametrize("project", smoke_params())
 def test_smoke_run(project: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """`mlflow run` the project as its smoke.yaml says (Docker projects: --build-image)."""
     config = smoke_config(project)
+    run_args = config.get("run_args", [])
+    if "--build-image" in run_args:
+        require_docker_image(project)
+        # MLflow mounts only the run's artifact folder; MLflow 3 writes the logged model
+        # beside it, under the experiment's artifact root, so that is mounted too.
+        artifacts = tmp_path / "mlruns"
+        run_args = [*run_args, "-A", f"v={artifacts}:{artifacts}"]
     result = mlflow_run(
         project,
         tracking_uri,
         config["parameters"],
         env_manager=config.get("env_manager", "local"),
-        extra_args=config.get("run_args"),
+        extra_args=run_args,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,1 @@
+../mnist-conda/recipe.py

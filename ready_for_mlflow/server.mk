@@ -1,0 +1,51 @@
+# Tracking server, Model Registry and serving targets; included by the main Makefile.
+# See ready_for_mlflow/README.md.
+
+SERVER_STATE ?= $(CURDIR)/ready_for_mlflow/.server
+SERVER_PORT ?= 5001
+S3_PORT ?= 9100
+BACKEND_STORE_URI ?= sqlite:///$(SERVER_STATE)/mlflow.db
+ARTIFACTS_DESTINATION ?= s3://mlflow/artifacts
+ENV_FILE ?= $(CURDIR)/.env
+SERVE_PORT ?= 5003
+MODEL ?=
+VERSION ?=
+INPUT ?=
+
+# The store that promote, serve and predict use: TRACKING_URI when given on the command line,
+# else MLFLOW_TRACKING_URI from the environment (e.g. the server of `make server`), else the
+# local store.
+ifeq ($(origin TRACKING_URI),file)
+REGISTRY_URI := $(or $(MLFLOW_TRACKING_URI),$(TRACKING_URI))
+else
+REGISTRY_URI := $(TRACKING_URI)
+endif
+SERVER_ENV := BIN=$(BIN) SERVER_STATE=$(SERVER_STATE) SERVER_PORT=$(SERVER_PORT) \
+  S3_PORT=$(S3_PORT) BACKEND_STORE_URI=$(BACKEND_STORE_URI) \
+  ARTIFACTS_DESTINATION=$(ARTIFACTS_DESTINATION) ENV_FILE=$(ENV_FILE)
+
+.PHONY: server server-stop promote serve predict
+
+server: setup ## Start a local tracking server (SQL store, artifacts proxied to S3)
+	@$(SERVER_ENV) bash ready_for_mlflow/server.sh start
+
+server-stop: ## Stop what `make server` started
+	@$(SERVER_ENV) bash ready_for_mlflow/server.sh stop
+
+promote: setup ## Move alias champion to MODEL VERSION if its test_accuracy is better
+	@[ -n "$(MODEL)" ] && [ -n "$(VERSION)" ] || \
+	  { echo "make promote: set MODEL=<registered model name> VERSION=<version>" >&2; exit 2; }
+	@MLFLOW_TRACKING_URI=$(REGISTRY_URI) $(BIN)/python ready_for_mlflow/promote.py \
+	  "$(MODEL)" "$(VERSION)"
+
+serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT
+	@[ -n "$(MODEL)" ] || \
+	  { echo "make serve: set MODEL=<model URI>, e.g. MODEL=models:/mnist@champion" >&2; exit 2; }
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(REGISTRY_URI) $(BIN)/mlflow models serve -m "$(MODEL)" \
+	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL
+	@[ -n "$(MODEL)" ] && [ -n "$(INPUT)" ] || \
+	  { echo "make predict: set MODEL=<model URI> INPUT=<folder, image, IDX or CSV>" >&2; exit 2; }
+	@MLFLOW_TRACKING_URI=$(REGISTRY_URI) $(BIN)/python example/predict/predict.py \
+	  "$(MODEL)" "$(INPUT)"

@@ -1,0 +1,212 @@
+"""example/predict: the CLI on real images, IDX and CSV files; the REST client on a served model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.linear_model import LinearRegression
+
+from conftest import ROOT
+from conftest_servers import DigitFiles, TrainedModel
+from data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist
+from servers import HOST, TrackingServer, client_env, free_port, start, stop, wait_http
+
+PREDICT = ROOT / "example" / "predict" / "predict.py"
+REST_CLIENT = ROOT / "example" / "predict" / "rest_client.py"
+
+
+def run_cli(
+    script: Path, *args: object, tracking_uri: str = "sqlite:///unused.db", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        env=client_env(tracking_uri),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("predict: error: ")
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("make_input", "words"),
+    [
+        (lambda d: d / "missing", ["missing: no such file or folder", "expected a folder"]),
+        (
+            lambda d: write(d / "broken.png", b"\x89PNG not really"),
+            ["broken.png", "not a decodable"],
+        ),
+        (lambda d: write(d / "notes.txt", b"hello"), ["notes.txt", "wrong magic number"]),
+        (lambda d: (d / "empty").mkdir() or d / "empty", ["empty: no .png, .jpg or .jpeg files"]),
+        (lambda d: write(d / "header.csv", b"age,bmi\n"), ["header.csv", "no rows"]),
+    ],
+    ids=["missing", "undecodable-image", "not-idx", "empty-folder", "empty-csv"],
+)
+def test_bad_input_is_one_line(tmp_path: Path, make_input, words: list[str]) -> None:
+    result = run_cli(PREDICT, "models:/mnist@champion", make_input(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, 2, *words)
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_unreachable_server_is_one_line(heldout_pngs: DigitFiles, tmp_path: Path) -> None:
+    down = f"http://{HOST}:{free_port()}"
+    result = run_cli(PREDICT, "models:/mnist@champion", heldout_pngs.folder, tracking_uri=down)
+    assert_one_line_error(result, 1, f"tracking server {down} is unreachable")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("models:/no-such-model/1", ["'models:/no-such-model/1'", "no-such-model"]),
+        ("models:/predict-empty@champion", ["'models:/predict-empty@champion'", "champion"]),
+    ],
+)
+def test_unknown_model_or_alias_is_one_line(
+    tracking_server: TrackingServer, heldout_pngs: DigitFiles, uri: str, words: list[str]
+) -> None:
+    client = MlflowClient(tracking_server.url)
+    if not client.search_registered_models("name = 'predict-empty'"):
+        client.create_registered_model("predict-empty")
+    result = run_cli(PREDICT, uri, heldout_pngs.folder, tracking_uri=tracking_server.url)
+    assert_one_line_error(result, 1, "cannot load model", *words)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_predict_png_and_jpeg_digits(
+    trained_mnist: TrainedModel, heldout_pngs: DigitFiles, tmp_path: Path
+) -> None:
+    """Grayscale, RGB, 56x56 and dark-on-light files of held-out digits: at least 90% right."""
+    out = tmp_path / "digits.csv"
+    uri = f"models:/{trained_mnist.name}@candidate"
+    result = run_cli(
+        PREDICT, uri, heldout_pngs.folder, "--output", out, tracking_uri=trained_mnist.tracking_uri
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[0].split() == ["input", "digit", "confidence"]
+    table = pd.read_csv(out)
+    assert list(table["input"]) == sorted(p.name for p in heldout_pngs.folder.iterdir())
+    accuracy = (table["digit"].to_numpy() == heldout_pngs.labels).mean()
+    assert accuracy >= 0.90, accuracy
+    for kind in range(4):  # every form of file is read correctly, not just the easy ones
+        assert (table["digit"].to_numpy() == heldout_pngs.labels)[kind::4].mean() >= 0.85, kind
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_predict_idx_file_by_run_uri(trained_mnist: TrainedModel, tmp_path: Path) -> None:
+    idx = BUNDLED_SAMPLE / "t10k-images-idx3-ubyte.gz"
+    uri = f"runs:/{trained_mnist.run_id}/model"
+    result = run_cli(
+        PREDICT, uri, idx, "--show", "5", tracking_uri=trained_mnist.tracking_uri, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2000 predictions written to predictions.csv (1995 more rows there)" in result.stdout
+    digits = pd.read_csv(tmp_path / "predictions.csv")["digit"].to_numpy()
+    assert (digits == load_mnist(split="test").labels.numpy()).mean() >= 0.95
+
+
+@pytest.fixture(scope="module")
+def diabetes_model(tracking_server: TrackingServer) -> LinearRegression:
+    """A scikit-learn regressor registered as `diabetes` version 1 through the server."""
+    x_train, _, y_train, _ = load_diabetes_split()
+    model = LinearRegression().fit(x_train, y_train)
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            patch.delenv(key)  # the client logs through the server's artifact proxy
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(
+                model, name="model", input_example=x_train[:3], registered_model_name="diabetes"
+            )
+    return model
+
+
+@pytest.mark.server
+def test_predict_csv_rows(
+    tracking_server: TrackingServer, diabetes_model: LinearRegression, tmp_path: Path
+) -> None:
+    _, x_test, _, y_test = load_diabetes_split()
+    rows = x_test.assign(target=y_test)  # a column the model does not use is carried along
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    result = run_cli(
+        PREDICT,
+        "models:/diabetes/1",
+        tmp_path / "rows.csv",
+        "--output",
+        tmp_path / "out.csv",
+        tracking_uri=tracking_server.url,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == [*rows.columns, "prediction"]
+    np.testing.assert_allclose(table["prediction"], diabetes_model.predict(x_test), rtol=1e-6)
+
+    x_test.drop(columns=["bmi"]).to_csv(tmp_path / "no-bmi.csv", index=False)
+    missing = run_cli(
+        PREDICT,
+        "models:/diabetes/1",
+        tmp_path / "no-bmi.csv",
+        tracking_uri=tracking_server.url,
+        cwd=tmp_path,
+    )
+    assert_one_line_error(missing, 1, "the model rejected the rows input", "bmi")
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_rest_serving_and_client(
+    trained_mnist: TrainedModel, heldout_pngs: DigitFiles, tmp_path: Path
+) -> None:
+    """`make serve` (mlflow models serve) answers a batch posted by the REST client."""
+    port = free_port()
+    command = [
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(ROOT),
+        "-o",
+        "setup",
+        "serve",
+        f"MODEL={trained_mnist.uri}",
+        f"SERVE_PORT={port}",
+        f"TRACKING_URI={trained_mnist.tracking_uri}",
+    ]
+    log = tmp_path / "serve.log"
+    server = start(command, log, client_env(trained_mnist.tracking_uri))
+    try:
+        url = f"http://{HOST}:{port}"
+        wait_http(f"{url}/ping", server, log, timeout=180)
+        result = run_cli(REST_CLIENT, url, heldout_pngs.folder)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [line.split() for line in result.stdout.splitlines()]
+        assert [name for name, _ in lines] == sorted(p.name for p in heldout_pngs.folder.iterdir())
+        digits = np.array([int(digit) for _, digit in lines])
+        assert (digits == heldout_pngs.labels).mean() >= 0.90
+    finally:
+        stop(server)
+    down = run_cli(REST_CLIENT, url, heldout_pngs.folder)
+    assert down.returncode == 1 and f"scoring server {url} is unreachable" in down.stderr

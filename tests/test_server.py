@@ -1,0 +1,267 @@
+"""A real tracking server: `mlflow run` on it, S3 artifacts, PostgreSQL, basic auth, make server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow.pyfunc
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, require
+from heldout import mnist_accuracy
+from servers import (
+    HOST,
+    S3,
+    TrackingServer,
+    free_port,
+    mlflow_server,
+    postgres,
+    postgres_binaries,
+    run_project,
+)
+
+TINY = {"epochs": 1, "batch_size": 128}
+pytestmark = pytest.mark.server
+
+
+def no_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process becomes a client without any S3 endpoint or AWS credential."""
+    for key in list(os.environ):
+        if key.startswith("AWS_") or key == "MLFLOW_S3_ENDPOINT_URL":
+            monkeypatch.delenv(key)
+
+
+def assert_registered_with_artifacts_in_s3(
+    server: TrackingServer, s3: S3, experiment: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlflow run` of mnist-conda registers ``name``; its files are S3 objects; it predicts."""
+    result = run_project(server.url, experiment, TINY | {"registered_model_name": name})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+    version = client.get_model_version_by_alias(name, "candidate")
+    assert version.run_id == run.info.run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"])
+
+    prefix = server.artifacts.removeprefix(f"s3://{s3.bucket}/")
+    keys = s3.object_keys(prefix)
+    model_id = version.model_id or version.source.rsplit("/", 1)[-1]  # source: models:/<id>
+    model_files = [k for k in keys if f"/{model_id}/" in k]
+    assert any(k.endswith("/MLmodel") for k in model_files), (version.source, keys)
+    assert any(k.endswith(".pt2") for k in model_files), model_files
+
+    no_s3_credentials(monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    assert mnist_accuracy(model) > 0.5  # chance: 0.10
+
+
+def test_mlflow_run_registers_model_with_artifacts_in_s3(
+    tracking_server: TrackingServer, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_registered_with_artifacts_in_s3(
+        tracking_server, s3, "sqlite-store", "mnist-sqlite", monkeypatch
+    )
+
+
+@pytest.mark.slow
+def test_postgresql_backend_store(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = postgres_binaries()
+    require("PostgreSQL", bin_dir is not None, "apt-get install postgresql")
+    with postgres(bin_dir) as uri, mlflow_server(tmp_path, uri, s3, prefix="pg") as server:
+        assert_registered_with_artifacts_in_s3(
+            server, s3, "postgres-store", "mnist-pg", monkeypatch
+        )
+
+
+def http_status(url: str, auth: tuple[str, str] | None = None, body: dict | None = None) -> int:
+    request = urllib.request.Request(url, json.dumps(body).encode() if body else None)
+    request.add_header("Content-Type", "application/json")
+    if auth:
+        token = base64.b64encode(":".join(auth).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_basic_auth_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anonymous requests get 401; a user logs a run; a wrong password is refused."""
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
+        "admin_username = admin\n"
+    )
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-local-pass-1",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "local-test-secret-key",
+    }
+    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with mlflow_server(tmp_path, backend, s3, "auth", ("--app-name", "basic-auth"), env) as server:
+        search = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert http_status(search) == 401
+        admin = ("admin", "admin-local-pass-1")
+        user = {"username": "alice", "password": "alice-local-pass-1"}
+        assert http_status(f"{server.url}/api/2.0/mlflow/users/create", admin, user) == 200
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "alice-local-pass-1")
+        client = MlflowClient(server.url)
+        run = client.create_run(client.create_experiment("alice-experiment"))
+        client.log_metric(run.info.run_id, "score", 0.5)
+        client.set_terminated(run.info.run_id)
+        assert client.get_run(run.info.run_id).data.metrics == {"score": 0.5}
+
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+        with pytest.raises(MlflowException, match=r"401|nauthorized|credentials"):
+            MlflowClient(server.url).get_run(run.info.run_id)
+        assert http_status(search, ("alice", "wrong-password")) == 401
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make server` serves a client without S3 keys, objects land in its S3; `server-stop`."""
+    ports = {"SERVER_PORT": free_port(), "S3_PORT": free_port()}
+    # ENV_FILE= : a developer's .env (real S3 keys) must not steer the test.
+    variables = [f"{k}={v}" for k, v in ports.items()] + [f"SERVER_STATE={tmp_path}", "ENV_FILE="]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    make = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "setup"]  # .venv is there
+    started = subprocess.run(
+        [*make, "server", *variables],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        assert len(pids) == 2, sorted(p.name for p in tmp_path.iterdir())
+        url = f"http://{HOST}:{ports['SERVER_PORT']}"
+        assert url in started.stdout
+
+        no_s3_credentials(monkeypatch)
+        client = MlflowClient(url)
+        run = client.create_run(client.create_experiment("make-server"))
+        (tmp_path / "note.txt").write_text("hello")
+        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        s3 = S3(f"http://{HOST}:{ports['S3_PORT']}", "mlflow")
+        assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in s3.object_keys())
+    finally:
+        stopped = subprocess.run(
+            [*make, "server-stop", f"SERVER_STATE={tmp_path}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not list(tmp_path.glob("*.pid"))
+
+
+DEPLOY = ROOT / "ready_for_mlflow" / "deploy"
+
+
+def deploy_documents() -> list[dict]:
+    return [
+        doc
+        for path in sorted(DEPLOY.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def test_deploy_manifests_are_valid_kubernetes() -> None:
+    import kubernetes_validate
+
+    documents = deploy_documents()
+    kinds = {doc["kind"] for doc in documents}
+    assert {"Deployment", "Service", "Secret"} <= kinds, kinds
+    for doc in documents:
+        for version in ("1.30", "1.37"):
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_deploy_runs_postgresql_s3_basic_auth_with_secrets() -> None:
+    (deployment,) = [d for d in deploy_documents() if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    command = " ".join(container.get("command", []) + container.get("args", []))
+    assert "--app-name basic-auth" in command
+    assert re.search(r"--artifacts-destination s3://", command)
+    assert "--allowed-hosts" in command
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    env = {e["name"]: e for e in container["env"]}
+    for name in (
+        "MLFLOW_BACKEND_STORE_URI",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    ):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+    secrets = [d for d in deploy_documents() if d["kind"] == "Secret"]
+    uris = [s.get("stringData", {}).get("backend-store-uri", "") for s in secrets]
+    assert any(uri.startswith("postgresql+psycopg2://") for uri in uris), uris
+
+
+AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}")
+
+
+def test_no_aws_key_in_the_repository() -> None:
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    leaks = [
+        name
+        for name in files
+        if (ROOT / name).is_file()
+        and AWS_KEY_ID.search((ROOT / name).read_bytes().decode("latin-1"))
+    ]
+    assert not leaks
+
+
+def test_env_example_documents_every_variable() -> None:
+    ready = ROOT / "ready_for_mlflow"
+    example = (ready / ".env.example").read_text()
+    guide = (ready / "README.md").read_text()
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    ):
+        assert re.search(rf"^#? ?{name}=", example, re.MULTILINE), name
+        assert f"`{name}`" in guide, name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import warnings
@@ -55,6 +56,9 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
     locally first and the error says where, and how to upload it.
     """
     model = model.cpu().eval()
+    # The pt2 export is made on the CPU so that it loads anywhere; MLflow's check of the input
+    # example would otherwise load it on CUDA where CUDA is present, and fail.
+    os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
     options = {
         "signature": SIGNATURE,
         "input_example": example.numpy(),

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = True  # same seed, same metrics on CUDA too
+    torch.backends.cudnn.benchmark = False
     train_set, val_set = split_train_val(train_full, args.val_fraction, args.seed)
     options = {"num_workers": args.num_workers, "pin_memory": device.type == "cuda"}
     train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, **options)

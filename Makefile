@@ -31,8 +31,8 @@ KUBE_TRACKING_URI ?= $(TRACKING_URI)
 REGISTRY_PORT ?= 5000
 STATE := $(CURDIR)/.run
 
-.PHONY: help setup run ui test lint benchmark clean docker-images run-docker run-k8s \
-	registry registry-stop base-image
+.PHONY: help setup run ui test lint benchmark clean new-project docker-check docker-images \
+	run-docker run-k8s registry registry-stop base-image
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,13 @@ benchmark: setup ## Time the MNIST recipe against the pytorch/examples reference
 
 clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 	rm -rf mlflow.db mlruns
+
+new-project: ## Copy the template example/project to projects/NAME (NAME=my-project)
+	@echo "$(NAME)" | grep -qE '^[a-z0-9][a-z0-9-]*$$' || { echo "make new-project: NAME '$(NAME)' must be lowercase letters, digits and dashes, e.g. NAME=my-project" >&2; exit 1; }
+	@[ ! -e projects/$(NAME) ] || { echo "make new-project: projects/$(NAME) already exists" >&2; exit 1; }
+	cp -a example/project projects/$(NAME)
+	sed -i 's/^name: project-template$$/name: $(NAME)/' projects/$(NAME)/MLproject
+	@echo "created projects/$(NAME): edit train.py, MLproject and smoke.yaml; make test runs it"
 
 docker-check:
 	@docker info >/dev/null 2>&1 || { echo "make $(firstword $(MAKECMDGOALS)): no Docker daemon answers (docker info failed): start dockerd or Docker Desktop" >&2; exit 1; }

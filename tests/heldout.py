@@ -18,6 +18,13 @@ def mnist_accuracy(model: PyFuncModel) -> float:
     return float((logits.argmax(axis=1) == test.labels.numpy()).mean())
 
 
+def mnist_flat_accuracy(model: PyFuncModel) -> float:
+    """The same digits flattened to 784 float pixels in [0, 1], for non-image models."""
+    test = load_mnist(split="test")
+    predicted = np.asarray(model.predict(test.images.reshape(len(test), 784).numpy()))
+    return float((predicted.ravel() == test.labels.numpy()).mean())
+
+
 def diabetes_r2(model: PyFuncModel) -> float:
     """R2 on the diabetes rows the projects hold out (predicting the mean scores about 0)."""
     _, x_test, _, y_test = load_diabetes_split()
@@ -26,5 +33,6 @@ def diabetes_r2(model: PyFuncModel) -> float:
 
 HELDOUT: dict[str, Callable[[PyFuncModel], float]] = {
     "mnist": mnist_accuracy,
+    "mnist-flat": mnist_flat_accuracy,
     "diabetes": diabetes_r2,
 }

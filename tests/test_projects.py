@@ -7,6 +7,8 @@ tested without editing this file.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -123,3 +125,39 @@ def test_project_reaches_shared_data_loader(project: Path) -> None:
     link = project / "data_loader"
     if link.exists():
         assert link.resolve() == ROOT / "example" / "data_loader"
+
+
+def test_new_project_from_template(tracking_uri: str, tmp_path: Path) -> None:
+    """`make new-project` copies example/project; the copy runs with `mlflow run` and passes
+    the same checks as every project (it is removed afterwards)."""
+    name = f"template-check-{uuid.uuid4().hex[:8]}"
+    project = PROJECTS_DIR / name
+    try:
+        made = subprocess.run(
+            ["make", "--no-print-directory", "new-project", f"NAME={name}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+        assert f"name: {name}" in (project / "MLproject").read_text()
+        assert (project / "data_loader").resolve() == ROOT / "example" / "data_loader"
+        config = smoke_config(project)
+        result = mlflow_run(project, tracking_uri, config["parameters"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert_smoke_run(project, tracking_uri, config)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def test_new_project_rejects_a_bad_name() -> None:
+    made = subprocess.run(
+        ["make", "--no-print-directory", "new-project", "NAME=My Project"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode != 0
+    assert "make new-project: NAME 'My Project' must be lowercase" in made.stderr

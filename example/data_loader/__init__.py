@@ -4,28 +4,31 @@ Projects reach this one package through a relative symlink in their folder
 (``projects/X/data_loader -> ../../example/data_loader``), so the code exists once and
 ``mlflow run`` (local, uv, conda, and Docker image builds) sees it.
 
-The MNIST parts import torch on first use only, so a scikit-learn project can use
-``load_diabetes_split`` in an image without torch.
+The torch parts (``load_mnist``, ``make_loader``, ...) import torch on first use only, so a
+scikit-learn project can use ``load_mnist_arrays`` or ``load_diabetes_split`` in an
+environment without torch.
 """
 
 from importlib import import_module
 
 from .idx import IDXFormatError, read_idx, write_idx
+from .mnist_files import BUNDLED_SAMPLE, MNISTNotFoundError, load_mnist_arrays
 from .tabular import load_diabetes_split
 
 _TORCH_PARTS = {
-    "BUNDLED_SAMPLE": "mnist",
     "MNISTDataset": "mnist",
     "MNISTDownloadError": "mnist",
-    "MNISTNotFoundError": "mnist",
     "load_mnist": "mnist",
     "make_loader": "loaders",
     "split_train_val": "loaders",
 }
 
 __all__ = [
+    "BUNDLED_SAMPLE",
     "IDXFormatError",
+    "MNISTNotFoundError",
     "load_diabetes_split",
+    "load_mnist_arrays",
     "read_idx",
     "write_idx",
     *_TORCH_PARTS,

@@ -1,4 +1,4 @@
-"""MNIST as torch tensors: find the IDX files, validate them, optionally download them."""
+"""MNIST as torch tensors, with an optional download through torchvision."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from .idx import IDXFormatError, read_idx
-
-BUNDLED_SAMPLE = Path(__file__).resolve().parent / "mnist_sample"
-SPLIT_PREFIX = {"train": "train", "test": "t10k"}
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
-
-
-class MNISTNotFoundError(FileNotFoundError):
-    """The IDX files of a split are not where the caller pointed."""
+from .mnist_files import BUNDLED_SAMPLE, MNISTNotFoundError, idx_paths, read_split
 
 
 class MNISTDownloadError(RuntimeError):
@@ -39,48 +30,6 @@ class MNISTDataset(TensorDataset):
         return self.tensors[1]
 
 
-def idx_paths(root: Path, split: str) -> tuple[Path, Path]:
-    """Return (images, labels) IDX paths of ``split`` under ``root``.
-
-    Looks in the flat folder ``root`` and in torchvision's layout ``root/MNIST/raw``, taking
-    each file plain or gzip'd.
-    """
-    prefix = SPLIT_PREFIX[split]
-    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-    for folder in (root, root / "MNIST" / "raw"):
-        found = [_existing(folder / name) for name in names]
-        if all(found):
-            return found[0], found[1]
-    raise MNISTNotFoundError(
-        f"no MNIST {split} files in {root}: expected {names[0]}[.gz] and {names[1]}[.gz] "
-        f"there or in {root / 'MNIST' / 'raw'} (or pass download=True)"
-    )
-
-
-def _existing(path: Path) -> Path | None:
-    for candidate in (path, path.with_name(path.name + ".gz")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read and cross-check one split's images and labels."""
-    images = read_idx(images_path, expected_ndim=3)
-    labels = read_idx(labels_path, expected_ndim=1)
-    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise IDXFormatError(images_path, f"images are {images.shape[1:]}, expected 28x28")
-    if len(images) != len(labels):
-        raise IDXFormatError(
-            labels_path, f"{len(labels)} labels for {len(images)} images in {images_path.name}"
-        )
-    if len(labels) and labels.max() >= NUM_CLASSES:
-        bad = int(labels.argmax())
-        raise IDXFormatError(labels_path, f"label {labels[bad]} at index {bad} is outside 0-9")
-    image_tensor = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
-    return image_tensor, torch.from_numpy(labels.astype("int64"))
-
-
 def load_mnist(
     root: str | Path | None = None, split: str = "train", download: bool = False
 ) -> MNISTDataset:
@@ -88,8 +37,6 @@ def load_mnist(
 
     With ``download=True`` and no files under ``root``, torchvision downloads the full set there.
     """
-    if split not in SPLIT_PREFIX:
-        raise ValueError(f"split must be one of {sorted(SPLIT_PREFIX)}, got {split!r}")
     folder = BUNDLED_SAMPLE if root is None else Path(root).expanduser()
     try:
         images_path, labels_path = idx_paths(folder, split)
@@ -99,7 +46,9 @@ def load_mnist(
         download_mnist(folder)
         images_path, labels_path = idx_paths(folder, split)
     images, labels = read_split(images_path, labels_path)
-    return MNISTDataset(images, labels, source=images_path.parent)
+    image_tensor = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+    label_tensor = torch.from_numpy(labels.astype("int64"))
+    return MNISTDataset(image_tensor, label_tensor, source=images_path.parent)
 
 
 def download_mnist(root: Path) -> None:

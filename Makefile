@@ -19,7 +19,6 @@ PYTEST_ARGS ?=
 # Containers: `make docker-images BASE_IMAGE=...` where Docker Hub is out of reach
 # (.ci/base-image.sh builds a stand-in from Debian packages).
 BASE_IMAGE ?= python:3.11-slim
-DOCKER_PROJECTS := mnist-docker elasticnet-docker
 # Host network: the container reaches servers on the host. The mount: with the local store,
 # MLflow 3 writes a logged model under the experiment's artifact root, which MLflow's Docker
 # backend does not mount by itself (it mounts the run's artifact folder only).

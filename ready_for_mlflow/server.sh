@@ -10,7 +10,13 @@ action=${1:?usage: server.sh start|stop}
 HOST=127.0.0.1
 
 fail() { echo "make server: $*" >&2; exit 1; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() {  # pid: exists and is not a zombie waiting for init to reap it
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+alive() { [ -f "$1" ] && running "$(cat "$1")"; }
 port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # Start "$@" in its own session, so that stop can end it with all its workers.
@@ -48,9 +54,9 @@ stop_all() {
   for pidfile in "$SERVER_STATE"/*.pid; do
     [ -e "$pidfile" ] || continue
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
+    if running "$pid"; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      for _ in $(seq 30); do running "$pid" || break; sleep 0.5; done
       kill -KILL -- "-$pid" 2>/dev/null || true
       echo "stopped $(basename "$pidfile" .pid) (pid $pid)"
       stopped=$((stopped + 1))

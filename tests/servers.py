@@ -31,6 +31,9 @@ FAKE_S3_KEYS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 S3_CLIENT_VARS = ("MLFLOW_S3_ENDPOINT_URL",)
+# The server's background job runners (huey consumers, for GenAI jobs) are not needed here
+# and cost CPU time on a 2-core machine.
+NO_JOB_RUNNERS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def free_port() -> int:
@@ -171,7 +174,7 @@ def mlflow_server(
         "1",
         *extra_args,
     ]
-    env = {**os.environ, **s3.server_env, **(extra_env or {})}
+    env = {**os.environ, **s3.server_env, **NO_JOB_RUNNERS, **(extra_env or {})}
     process = start(command, log, env)
     try:
         url = f"http://{HOST}:{port}"

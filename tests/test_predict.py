@@ -207,6 +207,6 @@ def test_rest_serving_and_client(
         digits = np.array([int(digit) for _, digit in lines])
         assert (digits == heldout_pngs.labels).mean() >= 0.90
     finally:
-        stop(server)
+        stop(server, timeout=5)  # the scoring server drains for long after SIGTERM
     down = run_cli(REST_CLIENT, url, heldout_pngs.folder)
     assert down.returncode == 1 and f"scoring server {url} is unreachable" in down.stderr

@@ -21,6 +21,7 @@ from conftest import ROOT, require
 from heldout import mnist_accuracy
 from servers import (
     HOST,
+    NO_JOB_RUNNERS,
     S3,
     TrackingServer,
     free_port,
@@ -136,11 +137,12 @@ def test_basic_auth_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPat
 
 
 def pid_alive(pid: int) -> bool:
+    """Running, not gone and not a zombie (whose parent, init here, has yet to reap it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,6 +151,7 @@ def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # ENV_FILE= : a developer's .env (real S3 keys) must not steer the test.
     variables = [f"{k}={v}" for k, v in ports.items()] + [f"SERVER_STATE={tmp_path}", "ENV_FILE="]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env |= NO_JOB_RUNNERS
     make = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "setup"]  # .venv is there
     started = subprocess.run(
         [*make, "server", *variables],

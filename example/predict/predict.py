@@ -11,6 +11,7 @@ a table and written to a CSV file. Any problem is one line on stderr and a non-z
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -19,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inputs import InputError, read_input
+from inputs import InputError, OneLineParser, read_input
+
+# Keep stderr for errors: no download progress bars around the one-line messages.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class PredictError(Exception):
@@ -27,12 +31,15 @@ class PredictError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="predict", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="predict", description=__doc__.splitlines()[0])
     parser.add_argument("model_uri", help="runs:/<id>/model, models:/<name>/<version>, ...")
     parser.add_argument("input", type=Path, help="digit images (folder/file), IDX file or CSV")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--show", type=int, default=20, help="rows of the table to print")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.show < 0:
+        parser.error(f"argument --show: expected an integer >= 0, got {args.show}")
+    return args
 
 
 def check_server(model_uri: str) -> None:
@@ -44,6 +51,8 @@ def check_server(model_uri: str) -> None:
         return
     try:
         urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return  # it answers; MLflow reports what is wrong
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PredictError(
@@ -84,14 +93,29 @@ def digits_table(names: list[str], logits: np.ndarray) -> pd.DataFrame:
     )
 
 
+def check_columns(model, rows: pd.DataFrame) -> None:
+    """Name the columns a table lacks, before MLflow's schema check prints the whole table."""
+    schema = model.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return
+    missing = [name for name in schema.input_names() if name not in rows.columns]
+    if missing:
+        raise PredictError(
+            f"the model rejected the rows input: missing column(s) {', '.join(missing)}; "
+            f"it expects {', '.join(map(str, schema.input_names()))}"
+        )
+
+
 def predict(model, kind: str, names: list[str] | None, data) -> pd.DataFrame:
     from mlflow.exceptions import MlflowException
 
+    if kind == "rows":
+        check_columns(model, data)
     try:
         output = model.predict(data)
     except (MlflowException, ValueError, TypeError, RuntimeError) as exc:
-        first_line = str(getattr(exc, "message", exc)).strip().splitlines()[0]
-        raise PredictError(f"the model rejected the {kind} input: {first_line}") from None
+        reason = " ".join(str(getattr(exc, "message", exc)).split())[:300]
+        raise PredictError(f"the model rejected the {kind} input: {reason}") from None
     output = np.asarray(output)
     if kind == "digits":
         return digits_table(names, output)

@@ -9,7 +9,6 @@ sent as one JSON batch, {"inputs": [...]}, to <server>/invocations.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inputs import InputError, read_digits
+from inputs import InputError, OneLineParser, read_digits
 
 
 class ServerError(Exception):
@@ -43,7 +42,7 @@ def invocations(server: str, images: np.ndarray, timeout: float = 120) -> np.nda
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rest_client", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="rest_client", description=__doc__.splitlines()[0])
     parser.add_argument("server", help="the scoring server, e.g. http://127.0.0.1:5003")
     parser.add_argument("input", type=Path, help="digit images: a folder, a PNG/JPEG or IDX file")
     args = parser.parse_args(argv)

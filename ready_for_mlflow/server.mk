@@ -41,7 +41,9 @@ promote: setup ## Move alias champion to MODEL VERSION if its test_accuracy is b
 serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT
 	@[ -n "$(MODEL)" ] || \
 	  { echo "make serve: set MODEL=<model URI>, e.g. MODEL=models:/mnist@champion" >&2; exit 2; }
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(REGISTRY_URI) $(BIN)/mlflow models serve -m "$(MODEL)" \
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(REGISTRY_URI) \
+	  MLFLOW_DEFAULT_PREDICTION_DEVICE=$${MLFLOW_DEFAULT_PREDICTION_DEVICE:-cpu} \
+	  $(BIN)/mlflow models serve -m "$(MODEL)" \
 	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL

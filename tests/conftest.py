@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,17 @@ def require(component: str, available: bool, how: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(message + " (MLFLOW_STORE_REQUIRE_ALL=1)")
     pytest.skip(message)
+
+
+def assert_one_line_error(
+    parse_args: Callable[[list[str]], object], argv: list[str], message: str, stderr_of
+) -> None:
+    """``parse_args(argv)`` exits 2 with exactly one stderr line that contains ``message``."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    stderr = stderr_of()
+    assert stderr.count("\n") == 1 and message in stderr, stderr
 
 
 def docker_answers() -> bool:

@@ -8,7 +8,7 @@ from types import ModuleType
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECTS_DIR
+from conftest import PROJECTS_DIR, assert_one_line_error
 
 
 @pytest.fixture
@@ -42,8 +42,4 @@ def test_fit_logs_metrics_and_model(elasticnet: ModuleType, tracking_uri: str) -
 def test_bad_argument_is_one_line(
     elasticnet: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        elasticnet.parse_args(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 1 and message in stderr
+    assert_one_line_error(elasticnet.parse_args, argv, message, lambda: capsys.readouterr().err)

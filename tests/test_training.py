@@ -10,7 +10,7 @@ import mlflow.pyfunc
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECTS_DIR
+from conftest import PROJECTS_DIR, assert_one_line_error
 from data_loader import load_mnist
 
 MNIST_CONDA = PROJECTS_DIR / "mnist-conda"
@@ -39,11 +39,7 @@ def train(monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> Iterator[Module
 def test_bad_argument_is_one_line(
     train: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 1 and message in stderr
+    assert_one_line_error(train.parse_args, argv, message, lambda: capsys.readouterr().err)
 
 
 def test_cuda_requested_without_cuda_is_clear(

@@ -24,6 +24,9 @@ from inputs import InputError, OneLineParser, read_input
 
 # Keep stderr for errors: no download progress bars around the one-line messages.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# The MNIST models are exported (pt2) on the CPU and cannot move device: on a host with CUDA,
+# MLflow would load them on the GPU and fail.
+os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
 
 
 class PredictError(Exception):

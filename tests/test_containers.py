@@ -59,13 +59,19 @@ def test_conda_env_pins_agree_with_the_repository() -> None:
             assert repository.get(name, version) == version, f"{conda}: {name}=={version}"
 
 
-def test_no_secret_in_tracked_files() -> None:
-    tracked = (
-        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+def test_no_secret_in_the_repository() -> None:
+    """Tracked files and untracked ones that git does not ignore (.env is ignored)."""
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
         .stdout.decode()
         .split("\0")
     )
-    for name in filter(None, tracked):
+    for name in filter(None, listed):
         path = ROOT / name
         if path.is_file() and not path.is_symlink() and path.suffix not in (".gz", ".png"):
             text = path.read_text(errors="ignore")

@@ -75,6 +75,7 @@ def promote(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="promote", description=__doc__.splitlines()[0])
+    parser.error = lambda message: parser.exit(2, f"promote: error: {message}\n")  # one line
     parser.add_argument("name", help="registered model name")
     parser.add_argument("version", help="the version to promote")
     parser.add_argument("--metric", default="test_accuracy")

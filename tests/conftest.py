@@ -87,8 +87,13 @@ def mlflow_run(
     extra_args: list[str] | None = None,
     cwd: Path | None = None,
     timeout: int = 1200,
+    experiment: str = "tests",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``mlflow run`` on ``project`` as a user would, in experiment ``tests``."""
+    """Run ``mlflow run`` on ``project`` as a user would, in ``experiment``.
+
+    ``env`` replaces the whole client environment (the tracking URI and PATH are still set).
+    """
     command = [
         str(VENV_BIN / "mlflow"),
         "run",
@@ -96,15 +101,16 @@ def mlflow_run(
         "--env-manager",
         env_manager,
         "--experiment-name",
-        "tests",
+        experiment,
         *(extra_args or []),
     ]
     for key, value in (params or {}).items():
         command += ["-P", f"{key}={value}"]
+    base = os.environ if env is None else env
     env = {
-        **os.environ,
+        **base,
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}",
     }
     return subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import boto3
 
-from conftest import PROJECTS_DIR, VENV_BIN
+from conftest import PROJECTS_DIR, VENV_BIN, mlflow_run
 
 HOST = "127.0.0.1"
 FAKE_S3_KEYS = {
@@ -231,18 +231,8 @@ def run_project(
     experiment: str,
     params: dict[str, object],
     project: Path = PROJECTS_DIR / "mnist-conda",
-    timeout: int = 900,
 ) -> subprocess.CompletedProcess[str]:
     """``mlflow run --env-manager local`` from a client without any S3 credential."""
-    command = [str(VENV_BIN / "mlflow"), "run", str(project), "--env-manager", "local"]
-    command += ["--experiment-name", experiment]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    return subprocess.run(
-        command,
-        env=client_env(tracking_uri),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    return mlflow_run(
+        project, tracking_uri, params, experiment=experiment, env=client_env(tracking_uri)
     )

@@ -8,17 +8,26 @@ BIN := $(VENV)/bin
 # `mlflow run --env-manager local` starts the entry point with the `python` on PATH.
 RUN_ENV := PATH="$(BIN):$$PATH"
 
-# Embedded local tracking store: the same one MLflow uses by default from this folder.
-TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+# The tracking store of every target, one rule: TRACKING_URI= on the command line, else
+# MLFLOW_TRACKING_URI from the environment, else the local store ./mlflow.db (the one MLflow
+# uses by default from this folder). Every target that records or reads prints it.
+LOCAL_STORE := sqlite:///$(CURDIR)/mlflow.db
+TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(LOCAL_STORE))
+SAY_STORE = @echo "Tracking store: $(TRACKING_URI)"
 PROJECT ?= projects/mnist-conda
 ENV_MANAGER ?= local
 RUN_ARGS ?=
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
+VARIANTS ?= conda
+TEMPLATE ?= pytorch
 
-# Containers: `make docker-images BASE_IMAGE=...` where Docker Hub is out of reach
-# (.ci/base-image.sh builds a stand-in from Debian packages).
-BASE_IMAGE ?= python:3.11-slim
+# Containers: the official python:3.11-slim, unless only the stand-in that `make base-image`
+# builds from Debian packages (where Docker Hub is out of reach) is present.
+STAND_IN_BASE := mlflow-store/python:3.11-bookworm
+BASE_IMAGE ?= $(shell docker image inspect python:3.11-slim >/dev/null 2>&1 || \
+  ! docker image inspect $(STAND_IN_BASE) >/dev/null 2>&1 && echo python:3.11-slim || \
+  echo $(STAND_IN_BASE))
 # Host network: the container reaches servers on the host. The mount: with the local store,
 # MLflow 3 writes a logged model under the experiment's artifact root, which MLflow's Docker
 # backend does not mount by itself (it mounts the run's artifact folder only).
@@ -30,8 +39,8 @@ KUBE_TRACKING_URI ?= $(TRACKING_URI)
 REGISTRY_PORT ?= 5000
 STATE := $(CURDIR)/.run
 
-.PHONY: help setup run ui test lint benchmark clean new-project docker-check docker-images \
-	run-docker run-k8s registry registry-stop base-image
+.PHONY: help setup run ui test lint benchmark clean new-project validate store docker-check \
+	docker-images run-docker run-k8s registry registry-stop base-image
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,14 +55,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	  { echo "make setup: could not create $(VENV); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet pip==26.3
 	$(BIN)/python -m pip install --quiet -r requirements.txt --group dev
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	@touch $@
 
 run: setup ## Train projects/mnist-conda on the bundled data into the local store
+	$(SAY_STORE)
 	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) \
 	  $(BIN)/mlflow run $(PROJECT) --env-manager $(ENV_MANAGER) $(RUN_ARGS)
 	@echo "Open the UI on this store: make ui   (then http://127.0.0.1:$(UI_PORT))"
 
-ui: setup ## Open the MLflow UI on the local store
+ui: setup ## Open the MLflow UI on the tracking store
+	$(SAY_STORE)
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port $(UI_PORT)
 
 test: setup ## Run the test suite (smoke-runs every project with mlflow run)
@@ -64,31 +76,38 @@ lint: setup ## ruff check and format check
 	$(BIN)/ruff format --check .
 
 benchmark: setup ## Time the MNIST recipe against the pytorch/examples reference
-	$(BIN)/python benchmarks/mnist_recipes.py
+	$(BIN)/python -m benchmarks.mnist_recipes
 
 clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 	rm -rf mlflow.db mlruns
 
-new-project: ## Copy the template example/project to projects/NAME (NAME=my-project)
-	@echo "$(NAME)" | grep -qE '^[a-z0-9][a-z0-9-]*$$' || { echo "make new-project: NAME '$(NAME)' must be lowercase letters, digits and dashes, e.g. NAME=my-project" >&2; exit 1; }
-	@[ ! -e projects/$(NAME) ] || { echo "make new-project: projects/$(NAME) already exists" >&2; exit 1; }
-	cp -a example/project projects/$(NAME)
-	sed -i 's/^name: project-template$$/name: $(NAME)/' projects/$(NAME)/MLproject
-	@echo "created projects/$(NAME): edit train.py, MLproject and smoke.yaml; make test runs it"
+new-project: setup ## New project NAME=my-exp [VARIANTS="conda docker k8s"] [TEMPLATE=pytorch|sklearn]
+	@$(BIN)/python -m scaffold.new_project "$(NAME)" --variants "$(VARIANTS)" --template "$(TEMPLATE)"
+
+validate: setup ## Check every project under projects/ (MLproject, env, Dockerfile, k8s, links, README)
+	@$(BIN)/python -m scaffold.validate
+
+store: ## Print the tracking store that the targets use (TRACKING_URI rule above)
+	@echo "Tracking store: $(TRACKING_URI)"
 
 docker-check:
 	@docker info >/dev/null 2>&1 || { echo "make $(firstword $(MAKECMDGOALS)): no Docker daemon answers (docker info failed): start dockerd or Docker Desktop" >&2; exit 1; }
 
 base-image: docker-check ## Build a python:3.11-slim stand-in from Debian packages (no Docker Hub)
-	.ci/base-image.sh
+	.ci/base-image.sh $(STAND_IN_BASE)
 
-docker-images: docker-check ## Build the dependency images of the Docker projects
-	docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	  -t mlflow-store/mnist-deps:1 projects/mnist-docker
-	docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	  -t mlflow-store/elasticnet-deps:1 projects/elasticnet-docker
+docker-images: docker-check ## Build the dependency image of every projects/*/Dockerfile
+	@for dockerfile in projects/*/Dockerfile; do \
+	  folder=$$(dirname $$dockerfile); \
+	  image=$$(sed -n 's/^[[:space:]]*image:[[:space:]]*//p' $$folder/MLproject | head -1); \
+	  [ -n "$$image" ] || { echo "make docker-images: $$folder/MLproject names no docker_env image" >&2; exit 1; }; \
+	  echo "docker build $$folder -> $$image (BASE_IMAGE=$(BASE_IMAGE))"; \
+	  docker build --quiet --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $$image $$folder \
+	    >/dev/null || exit 1; \
+	done
 
 run-docker: setup docker-check ## Run mnist-docker and elasticnet-docker with mlflow run --build-image
+	$(SAY_STORE)
 	@for image in mlflow-store/mnist-deps:1 mlflow-store/elasticnet-deps:1; do \
 	  docker image inspect $$image >/dev/null 2>&1 || { echo "make run-docker: image $$image is missing: run make docker-images" >&2; exit 1; }; done
 	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run --build-image \
@@ -101,6 +120,7 @@ run-k8s: setup docker-check ## Run mnist-k8s as a Kubernetes Job (REGISTRY, KUBE
 	@case "$(TRACKING_URI)" in http://*|https://*) ;; *) echo "make run-k8s: the pod needs a tracking server, not $(TRACKING_URI): set TRACKING_URI=http(s)://..." >&2; exit 1;; esac
 	@registry="$(REGISTRY)"; host=$${registry%%/*}; port=443; case $$host in *:*) port=$${host##*:}; host=$${host%%:*};; esac; \
 	  timeout 5 bash -c "</dev/tcp/$$host/$$port" 2>/dev/null || { echo "make run-k8s: registry $(REGISTRY) does not answer on $$host:$$port: start one with make registry, or set REGISTRY=" >&2; exit 1; }
+	$(SAY_STORE)
 	@mkdir -p $(STATE) && $(BIN)/python -c 'import json; \
 	  config = json.load(open("projects/mnist-k8s/kubernetes_config.json")); \
 	  config.update({"kube-context": "$(KUBE_CONTEXT)", "repository-uri": "$(REGISTRY)/mnist-k8s"}); \

@@ -1,44 +1,47 @@
-"""Move a registered model's ``champion`` alias to a version only when its metric is better.
+"""Move a registered model's ``champion`` alias to a version only when it ranks better.
 
-    python ready_for_mlflow/promote.py mnist 4                  # by test_accuracy, higher wins
-    python ready_for_mlflow/promote.py mnist 4 --metric test_loss --lower-is-better
+    python -m ready_for_mlflow.promote mnist 4            (or: make promote MODEL=mnist VERSION=4)
 
-A version's metric is its tag of that name (training tags the new version with its test
-metrics), else the metric of the run that produced it. The tracking server is the one in
+Each version says how it is ranked: training registers it through
+``project_tools.registry.register_candidate``, which tags it with its metrics plus
+``ranking_metric`` (e.g. ``test_accuracy`` or ``rmse``) and ``ranking_order``
+(``higher_is_better`` or ``lower_is_better``). The tracking server is the one in
 MLFLOW_TRACKING_URI. Prints what it did; a tie keeps the current champion.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-CHAMPION = "champion"
+from project_tools.cli import OneLineParser, fail
+from project_tools.registry import CHAMPION, HIGHER, RANKING_METRIC_TAG, RANKING_ORDER_TAG
+
+PROG = "promote"
 
 
 class PromoteError(Exception):
-    """A missing model, version or metric, worded for the user."""
+    """A missing model, version, tag or metric, worded for the user."""
 
 
-def version_metric(client: MlflowClient, version: ModelVersion, metric: str) -> float:
-    text = version.tags.get(metric)
-    if text is None and version.run_id:
-        text = client.get_run(version.run_id).data.metrics.get(metric)
-    if text is None:
+def ranking(version: ModelVersion) -> tuple[str, bool, float]:
+    """(metric, higher_is_better, value) of ``version``, from its tags."""
+    label = f"version {version.version} of {version.name!r}"
+    metric = version.tags.get(RANKING_METRIC_TAG)
+    if metric is None:
         raise PromoteError(
-            f"version {version.version} of {version.name!r} has no {metric!r} tag and its run "
-            f"logged no such metric"
+            f"{label} has no {RANKING_METRIC_TAG!r} tag: register it with "
+            f"project_tools.registry.register_candidate"
         )
+    text = version.tags.get(metric)
     try:
-        return float(text)
-    except ValueError:
-        raise PromoteError(
-            f"version {version.version} of {version.name!r}: tag {metric}={text!r} is not a number"
-        ) from None
+        value = float(text)
+    except (TypeError, ValueError):
+        raise PromoteError(f"{label}: tag {metric}={text!r} is not a number") from None
+    return metric, version.tags.get(RANKING_ORDER_TAG, HIGHER) == HIGHER, value
 
 
 def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
@@ -46,20 +49,18 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     return None if version is None else client.get_model_version(name, version)
 
 
-def promote(
-    client: MlflowClient, name: str, version: str, metric: str, higher_is_better: bool = True
-) -> str:
+def promote(client: MlflowClient, name: str, version: str) -> str:
     """Set ``champion`` on ``version`` if it beats the current champion; return what happened."""
     try:
         candidate = client.get_model_version(name, version)
     except MlflowException as exc:
         raise PromoteError(f"no version {version!r} of registered model {name!r}") from exc
-    score = version_metric(client, candidate, metric)
+    metric, higher_is_better, score = ranking(candidate)
     champion = current_champion(client, name)
     if champion is not None and champion.version == candidate.version:
         return f"{name} version {version} is already {CHAMPION} ({metric} {score:.4f})"
     if champion is not None:
-        best = version_metric(client, champion, metric)
+        _, _, best = ranking(champion)
         better = score > best if higher_is_better else score < best
         if not better:
             return (
@@ -74,24 +75,16 @@ def promote(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="promote", description=__doc__.splitlines()[0])
-    parser.error = lambda message: parser.exit(2, f"promote: error: {message}\n")  # one line
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("name", help="registered model name")
     parser.add_argument("version", help="the version to promote")
-    parser.add_argument("--metric", default="test_accuracy")
-    parser.add_argument("--lower-is-better", action="store_true", help="e.g. for a loss")
     args = parser.parse_args(argv)
     try:
-        message = promote(
-            MlflowClient(), args.name, args.version, args.metric, not args.lower_is_better
-        )
+        print(promote(MlflowClient(), args.name, args.version))
     except PromoteError as exc:
-        print(f"promote: error: {exc}", file=sys.stderr)
-        return 2
+        fail(PROG, str(exc), 2)
     except MlflowException as exc:
-        print(f"promote: error: {exc.message.strip().splitlines()[0]}", file=sys.stderr)
-        return 1
-    print(message)
+        fail(PROG, exc.message.strip().splitlines()[0], 1)
     return 0
 
 

@@ -12,14 +12,6 @@ MODEL ?=
 VERSION ?=
 INPUT ?=
 
-# The store that promote, serve and predict use: TRACKING_URI when given on the command line,
-# else MLFLOW_TRACKING_URI from the environment (e.g. the server of `make server`), else the
-# local store.
-ifeq ($(origin TRACKING_URI),file)
-REGISTRY_URI := $(or $(MLFLOW_TRACKING_URI),$(TRACKING_URI))
-else
-REGISTRY_URI := $(TRACKING_URI)
-endif
 SERVER_ENV := BIN=$(BIN) SERVER_STATE=$(SERVER_STATE) SERVER_PORT=$(SERVER_PORT) \
   S3_PORT=$(S3_PORT) BACKEND_STORE_URI=$(BACKEND_STORE_URI) \
   ARTIFACTS_DESTINATION=$(ARTIFACTS_DESTINATION) ENV_FILE=$(ENV_FILE)
@@ -32,16 +24,18 @@ server: setup ## Start a local tracking server (SQL store, artifacts proxied to 
 server-stop: ## Stop what `make server` started
 	@$(SERVER_ENV) bash ready_for_mlflow/server.sh stop
 
-promote: setup ## Move alias champion to MODEL VERSION if its test_accuracy is better
+promote: setup ## Move alias champion to MODEL VERSION if it ranks better (by its ranking tags)
 	@[ -n "$(MODEL)" ] && [ -n "$(VERSION)" ] || \
 	  { echo "make promote: set MODEL=<registered model name> VERSION=<version>" >&2; exit 2; }
-	@MLFLOW_TRACKING_URI=$(REGISTRY_URI) $(BIN)/python ready_for_mlflow/promote.py \
+	$(SAY_STORE)
+	@MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/python -m ready_for_mlflow.promote \
 	  "$(MODEL)" "$(VERSION)"
 
 serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT
 	@[ -n "$(MODEL)" ] || \
 	  { echo "make serve: set MODEL=<model URI>, e.g. MODEL=models:/mnist@champion" >&2; exit 2; }
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(REGISTRY_URI) \
+	$(SAY_STORE)
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) \
 	  MLFLOW_DEFAULT_PREDICTION_DEVICE=$${MLFLOW_DEFAULT_PREDICTION_DEVICE:-cpu} \
 	  $(BIN)/mlflow models serve -m "$(MODEL)" \
 	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
@@ -49,5 +43,6 @@ serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_POR
 predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL
 	@[ -n "$(MODEL)" ] && [ -n "$(INPUT)" ] || \
 	  { echo "make predict: set MODEL=<model URI> INPUT=<folder, image, IDX or CSV>" >&2; exit 2; }
-	@MLFLOW_TRACKING_URI=$(REGISTRY_URI) $(BIN)/python example/predict/predict.py \
+	$(SAY_STORE)
+	@MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/python -m predict \
 	  "$(MODEL)" "$(INPUT)"

@@ -1,74 +1,38 @@
-"""Shared fixtures and helpers: running `mlflow run` against a throwaway tracking store."""
+"""Fixtures only; helpers live in tests/helpers.
+
+Session fixtures are shared by every test module: one S3 endpoint, one tracking server, one
+image registry and one default-trained MNIST model.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
-from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECTS_DIR = ROOT / "projects"
-VENV_BIN = Path(sys.executable).parent
-# Set by .ci/run: a test whose component is missing fails instead of skipping.
-REQUIRE_ALL = os.environ.get("MLFLOW_STORE_REQUIRE_ALL") == "1"
-pytest_plugins = ["conftest_servers"]  # S3 endpoint, tracking server, trained-model fixtures
+from data_loader import load_mnist
+from ready_for_mlflow.servers import (
+    HOST,
+    S3,
+    TrackingServer,
+    free_port,
+    mlflow_server,
+    moto_s3,
+    start,
+    stop,
+    wait_http,
+)
+from tests.helpers.commands import run_project
+from tests.helpers.components import require
 
-
-def require(component: str, available: bool, how: str) -> None:
-    """Skip (on a laptop) or fail (in CI) when ``component`` is not available."""
-    if available:
-        return
-    message = f"{component} is not available: {how}"
-    if REQUIRE_ALL:
-        pytest.fail(message + " (MLFLOW_STORE_REQUIRE_ALL=1)")
-    pytest.skip(message)
-
-
-def assert_one_line_error(
-    parse_args: Callable[[list[str]], object], argv: list[str], message: str, stderr_of
-) -> None:
-    """``parse_args(argv)`` exits 2 with exactly one stderr line that contains ``message``."""
-    with pytest.raises(SystemExit) as exit_info:
-        parse_args(argv)
-    assert exit_info.value.code == 2
-    stderr = stderr_of()
-    assert stderr.count("\n") == 1 and message in stderr, stderr
-
-
-def docker_answers() -> bool:
-    """True when a Docker daemon answers (``docker info``)."""
-    try:
-        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-def require_docker() -> None:
-    require("Docker engine", docker_answers(), "install docker.io and start dockerd")
-
-
-def require_docker_image(project: Path) -> str:
-    """The project's docker_env image, which `make docker-images` builds."""
-    require_docker()
-    image = yaml.safe_load((project / "MLproject").read_text())["docker_env"]["image"]
-    present = subprocess.run(
-        ["docker", "image", "inspect", image], capture_output=True, check=False
-    )
-    require(f"image {image}", present.returncode == 0, "run make docker-images")
-    return image
-
-
-def project_dirs() -> list[Path]:
-    """Every project folder under projects/ (a folder with an MLproject file)."""
-    return sorted(p.parent for p in PROJECTS_DIR.glob("*/MLproject"))
+HELDOUT_PNGS = 120
+REGISTRY_CACHE = Path.home() / ".cache" / "mlflow-project-store" / "registry"
 
 
 @pytest.fixture
@@ -79,49 +43,95 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-def mlflow_run(
-    project: Path,
-    tracking_uri: str,
-    params: dict[str, object] | None = None,
-    env_manager: str = "local",
-    extra_args: list[str] | None = None,
-    cwd: Path | None = None,
-    timeout: int = 1200,
-    experiment: str = "tests",
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``mlflow run`` on ``project`` as a user would, in ``experiment``.
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    with moto_s3(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
 
-    ``env`` replaces the whole client environment (the tracking URI and PATH are still set).
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[TrackingServer]:
+    """`mlflow server`: SQLite backend store, artifacts proxied to ``s3://mlflow/artifacts``."""
+    workdir = tmp_path_factory.mktemp("tracking")
+    with mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port (Docker trusts 127.0.0.0/8 over HTTP).
+
+    Its storage is kept in a cache folder, as a team registry keeps its layers: the first push
+    uploads the ~7 GB dependency layers (minutes), later pushes only the project's code layer.
     """
-    command = [
-        str(VENV_BIN / "mlflow"),
-        "run",
-        str(project),
-        "--env-manager",
-        env_manager,
-        "--experiment-name",
-        experiment,
-        *(extra_args or []),
-    ]
-    for key, value in (params or {}).items():
-        command += ["-P", f"{key}={value}"]
-    base = os.environ if env is None else env
-    env = {
-        **base,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}",
-    }
-    return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    require(
+        "docker-registry",
+        shutil.which("docker-registry") is not None,
+        "apt-get install docker-registry",
     )
+    workdir = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = workdir / "registry.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {REGISTRY_CACHE}\n"
+        f"http:\n  addr: {HOST}:{port}\n"
+    )
+    log = workdir / "registry.log"
+    process = start(["docker-registry", "serve", str(config)], log)
+    try:
+        wait_http(f"http://{HOST}:{port}/v2/", process, log, timeout=30)
+        yield f"{HOST}:{port}"
+    finally:
+        stop(process)
 
 
-def only_run(tracking_uri: str) -> Run:
-    """The single run that a test's `mlflow run` recorded in experiment ``tests``."""
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("tests")
-    assert experiment is not None, "mlflow run created no experiment 'tests'"
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1, f"expected one run, found {len(runs)}"
-    return runs[0]
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str
+    version: str
+    run_id: str
+    tracking_uri: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@pytest.fixture(scope="session")
+def trained_mnist(tracking_server: TrackingServer) -> TrainedModel:
+    """projects/mnist-conda at its default parameters, registered as ``mnist`` (about 1 min)."""
+    result = run_project(
+        tracking_server.url, "default-training", {"registered_model_name": "mnist"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = MlflowClient(tracking_server.url).get_model_version_by_alias("mnist", "candidate")
+    return TrainedModel("mnist", version.version, version.run_id, tracking_server.url)
+
+
+@dataclass(frozen=True)
+class DigitFiles:
+    folder: Path
+    labels: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def heldout_pngs(tmp_path_factory: pytest.TempPathFactory) -> DigitFiles:
+    """Held-out test digits as image files in the forms people have them.
+
+    A quarter each: 28x28 grayscale PNG, RGB PNG, 56x56 PNG, and a dark-on-light JPEG.
+    """
+    folder = tmp_path_factory.mktemp("digits")
+    test = load_mnist(split="test")
+    pixels = (test.images[:HELDOUT_PNGS, 0].numpy() * 255).round().astype(np.uint8)
+    for i, digit in enumerate(pixels):
+        image = Image.fromarray(digit, mode="L")
+        match i % 4:
+            case 0:
+                image.save(folder / f"{i:03d}.png")
+            case 1:
+                image.convert("RGB").save(folder / f"{i:03d}.png")
+            case 2:
+                image.resize((56, 56), Image.Resampling.BILINEAR).save(folder / f"{i:03d}.png")
+            case 3:
+                Image.fromarray(255 - digit).save(folder / f"{i:03d}.jpg", quality=95)
+    return DigitFiles(folder, test.labels[:HELDOUT_PNGS].numpy())

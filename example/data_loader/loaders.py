@@ -7,9 +7,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 
 
 def split_train_val(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
-    """Split ``dataset`` into (train, val) with a generator seeded by ``seed``."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    """Split ``dataset`` into (train, val) with a generator seeded by ``seed``.
+
+    ``val_fraction`` is in (0, 1); the entry points check their values before calling.
+    """
     size = len(dataset)  # type: ignore[arg-type]
     val_size = max(1, round(size * val_fraction))
     generator = torch.Generator().manual_seed(seed)
@@ -26,8 +27,6 @@ def make_loader(
     pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose shuffle order depends only on ``seed``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         dataset,

@@ -8,7 +8,6 @@ drawing) is inverted, judged by the image's border.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,6 @@ from data_loader import IDXFormatError, read_idx
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = 28
 EXPECTED = "a folder of PNG/JPEG digit images, a PNG/JPEG image, an MNIST IDX image file or a CSV"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a single line and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class InputError(ValueError):

@@ -1,7 +1,7 @@
 """Post digit images to a model served by `mlflow models serve` and print the digits.
 
     make serve MODEL=models:/mnist@champion          # in one terminal (port 5003)
-    python example/predict/rest_client.py http://127.0.0.1:5003 digits/
+    python -m predict.rest_client http://127.0.0.1:5003 digits/
 
 The images are read like the predict CLI reads them (folder, PNG/JPEG file or IDX file) and
 sent as one JSON batch, {"inputs": [...]}, to <server>/invocations.
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inputs import InputError, OneLineParser, read_digits
+from project_tools.cli import OneLineParser
+
+from .inputs import InputError, read_digits
 
 
 class ServerError(Exception):

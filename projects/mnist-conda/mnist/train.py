@@ -1,65 +1,48 @@
 """Train the MNIST digit classifier and record it in MLflow.
 
-Run through MLflow (``mlflow run projects/mnist-conda -P epochs=3``) or directly
-(``python train.py --epochs 3``). Parameters are checked before anything heavy is
-imported, so a typo fails in a second with one line that names the bad value.
+Run through MLflow (``mlflow run projects/mnist-conda -P epochs=3``) or directly from the
+project folder (``python -m mnist.train --epochs 3``). Parameters are checked before anything
+heavy is imported, so a typo fails in a second with one line that names the bad value.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import re
 import sys
-from collections.abc import Callable
-from pathlib import Path
+
+from project_tools.cli import OneLineParser, boolean, folder, model_name, number
 
 BUNDLED = "bundled"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a single line and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def checked(kind: Callable[[str], float], minimum: float, inclusive: bool, what: str):
-    """An argparse type that converts with ``kind`` and enforces a lower bound."""
-
-    def convert(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        ok = value >= minimum if inclusive else value > minimum
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return convert
+PROG = "mnist.train"
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MAX_WORKERS = 32
 
 
 def data_dir(text: str) -> str:
-    if text != BUNDLED and not Path(text).expanduser().is_dir():
+    if text == BUNDLED:
+        return text
+    try:
+        return str(folder(text))
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"no such folder {text!r}: expected a folder with the MNIST IDX files, "
             f"or {BUNDLED!r} for the bundled sample"
-        )
-    return text
+        ) from None
 
 
 def device_name(text: str) -> str:
-    if text not in ("auto", "cpu", "mps") and not text.startswith("cuda"):
+    if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
     return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog="train.py", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--epochs", type=checked(int, 1, True, "an integer >= 1"), default=5)
-    add("--batch-size", type=checked(int, 1, True, "an integer >= 1"), default=64)
-    add("--learning-rate", type=checked(float, 0, False, "a number > 0"), default=1e-3)
+    add("--epochs", type=number(int, 1), default=5)
+    add("--batch-size", type=number(int, 1), default=64)
+    add("--learning-rate", type=number(float, 0, open_low=True), default=1e-3)
     add(
         "--data-dir",
         type=data_dir,
@@ -72,25 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=False,
         help="download the full MNIST set into --data-dir with torchvision when missing",
     )
-    add("--val-fraction", type=checked(float, 0, False, "a number between 0 and 1"), default=0.1)
-    add("--seed", type=checked(int, 0, True, "an integer >= 0"), default=42)
+    add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True), default=0.1)
+    add("--seed", type=number(int, 0, 2**32 - 1), default=42)
     add("--device", type=device_name, default="auto", help="auto picks CUDA when present")
-    add("--num-workers", type=checked(int, 0, True, "an integer >= 0"), default=0)
-    add("--registered-model-name", default="", help="register the model under this name")
-    args = parser.parse_args(argv)
-    if args.val_fraction >= 1:
-        parser.error(
-            f"argument --val-fraction: expected a number between 0 and 1, got {args.val_fraction!r}"
-        )
-    return args
-
-
-def boolean(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    add("--num-workers", type=number(int, 0, MAX_WORKERS), default=0)
+    add("--registered-model-name", type=model_name, default="", help="register the model")
+    return parser.parse_args(argv)
 
 
 LOG_EVERY_STEPS = 10
@@ -99,7 +69,8 @@ LOG_EVERY_STEPS = 10
 def prepare(args: argparse.Namespace):
     """Load the data and pick the device; raises the loader's errors on bad input."""
     from data_loader import load_mnist
-    from recipe import pick_device
+
+    from .recipe import pick_device
 
     root = None if args.data_dir == BUNDLED else args.data_dir
     train_full = load_mnist(root, "train", download=args.download)
@@ -120,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         make_loader,
         split_train_val,
     )
-    from recipe import EpochResult, evaluate, fit
-    from tracking import TrackingError, log_datasets, log_model, log_new_params, register
+    from project_tools.registry import RegistryError, register_candidate
+
+    from .recipe import EpochResult, evaluate, fit
+    from .tracking import TrackingError, log_datasets, log_model, log_new_params
 
     try:
         train_full, test, device = prepare(args)
     except (IDXFormatError, MNISTNotFoundError, MNISTDownloadError, ValueError) as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 
     torch.manual_seed(args.seed)
@@ -171,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model_uri = log_model(model, test.images[:4])
             if args.registered_model_name:
-                register(model_uri, args.registered_model_name, test_metrics)
-        except TrackingError as exc:
-            print(f"train.py: error: {exc}", file=sys.stderr)
+                register_candidate(
+                    model_uri, args.registered_model_name, test_metrics, "test_accuracy", True
+                )
+        except (TrackingError, RegistryError) as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
             mlflow.end_run("FAILED")
             return 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -12,12 +11,10 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 from data_loader import MNISTDataset
 
-CANDIDATE_ALIAS = "candidate"
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1, 28, 28))]),
     outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 10))]),
@@ -77,21 +74,3 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
             f"with: mlflow artifacts log-artifacts --run-id {run_id} --local-dir {kept} "
             f"--artifact-path model"
         ) from exc
-
-
-def register(model_uri: str, name: str, metrics: dict[str, float]) -> int:
-    """Register the model as a new version of ``name``, alias it ``candidate``, tag its metrics."""
-    try:
-        version = mlflow.register_model(model_uri, name).version
-        client = MlflowClient()
-        client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
-        for key, value in metrics.items():
-            client.set_model_version_tag(name, version, key, f"{value:.6f}")
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(
-            f"the model is logged at {model_uri} but registering it as {name!r} failed "
-            f"({exc.message}); retry in Python with "
-            f"mlflow.register_model({model_uri!r}, {name!r})"
-        ) from exc
-    print(f"Registered {name!r} version {version} with alias {CANDIDATE_ALIAS!r}", file=sys.stderr)
-    return int(version)

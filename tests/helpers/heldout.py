@@ -9,6 +9,7 @@ from mlflow.pyfunc import PyFuncModel
 from sklearn.metrics import r2_score
 
 from data_loader import load_diabetes_split, load_mnist
+from scaffold.layout import HELDOUT as HELDOUT_NAMES
 
 
 def mnist_accuracy(model: PyFuncModel) -> float:
@@ -36,3 +37,4 @@ HELDOUT: dict[str, Callable[[PyFuncModel], float]] = {
     "mnist-flat": mnist_flat_accuracy,
     "diabetes": diabetes_r2,
 }
+assert set(HELDOUT) == set(HELDOUT_NAMES), "scaffold.layout.HELDOUT lists the scorers above"

@@ -1,8 +1,8 @@
 """Load a model by any MLflow model URI and predict digits or table rows.
 
-    python example/predict/predict.py models:/mnist@champion digits/        # PNG/JPEG folder
-    python example/predict/predict.py runs:/<run id>/model t10k-images-idx3-ubyte.gz
-    python example/predict/predict.py models:/diabetes/3 rows.csv --output out.csv
+    python -m predict models:/mnist@champion digits/        # PNG/JPEG folder
+    python -m predict runs:/<run id>/model t10k-images-idx3-ubyte.gz
+    python -m predict models:/diabetes/3 rows.csv --output out.csv
 
 The model comes from the tracking server in MLFLOW_TRACKING_URI. Predictions are printed as
 a table and written to a CSV file. Any problem is one line on stderr and a non-zero exit.
@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inputs import InputError, OneLineParser, read_input
+from project_tools.cli import OneLineParser, number
+
+from .inputs import InputError, read_input
 
 # Keep stderr for errors: no download progress bars around the one-line messages.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -38,11 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("model_uri", help="runs:/<id>/model, models:/<name>/<version>, ...")
     parser.add_argument("input", type=Path, help="digit images (folder/file), IDX file or CSV")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
-    parser.add_argument("--show", type=int, default=20, help="rows of the table to print")
-    args = parser.parse_args(argv)
-    if args.show < 0:
-        parser.error(f"argument --show: expected an integer >= 0, got {args.show}")
-    return args
+    parser.add_argument("--show", type=number(int, 0), default=20, help="rows to print")
+    return parser.parse_args(argv)
 
 
 def check_server(model_uri: str) -> None:

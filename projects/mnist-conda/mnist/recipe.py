@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model import DigitNet, random_shift
+from .model import DigitNet, random_shift
 
 WEIGHT_DECAY = 1e-4
 WARMUP_FRACTION = 0.25

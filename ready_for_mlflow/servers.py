@@ -1,4 +1,4 @@
-"""Real servers on loopback for the tests: an S3 endpoint (moto), PostgreSQL, `mlflow server`.
+"""Local servers on loopback: an S3 endpoint (moto), PostgreSQL, `mlflow server`.
 
 Every process starts in its own process group and is stopped with its children in teardown.
 Only the *server* gets S3 credentials: clients reach artifacts through the server's proxy.
@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import boto3
 
-from conftest import PROJECTS_DIR, VENV_BIN, mlflow_run
 
+VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 FAKE_S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "local-test-key",
@@ -224,15 +225,3 @@ def postgres(bin_dir: Path, user: str = "mlflow", password: str = "local-test") 
             subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=False, timeout=60)
     finally:
         shutil.rmtree(data, ignore_errors=True)
-
-
-def run_project(
-    tracking_uri: str,
-    experiment: str,
-    params: dict[str, object],
-    project: Path = PROJECTS_DIR / "mnist-conda",
-) -> subprocess.CompletedProcess[str]:
-    """``mlflow run --env-manager local`` from a client without any S3 credential."""
-    return mlflow_run(
-        project, tracking_uri, params, experiment=experiment, env=client_env(tracking_uri)
-    )

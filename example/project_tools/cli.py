@@ -1,0 +1,100 @@
+"""Command-line parsing with one-line errors, shared by every entry point and tool.
+
+MLflow passes ``-P name=value`` to an entry point unchecked, so each value is checked here,
+once, by the type of its argument: a bad value stops the program in a second with one line
+that names the value and what is expected, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+# The Model Registry's name rule (letters, digits, '-', '_', '.', ' '), checked before training.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.\- ]+")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(prog: str, message: str, status: int = 2) -> NoReturn:
+    """Print ``prog: error: message`` as one line on stderr and exit with ``status``."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _describe(kind: type, low: float | None, high: float | None, open_low: bool) -> str:
+    noun = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        return f"{noun} between {low:g} and {high:g}"
+    if low is not None:
+        return f"{noun} {'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        return f"{noun} <= {high:g}"
+    return noun
+
+
+def number(
+    kind: type = float,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float), finite, within [low, high].
+
+    ``open_low``/``open_high`` exclude the bound itself (e.g. a learning rate > 0).
+    """
+    expected = _describe(kind, low, high, open_low)
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        inside = math.isfinite(value)
+        if inside and low is not None:
+            inside = value > low if open_low else value >= low
+        if inside and high is not None:
+            inside = value < high if open_high else value <= high
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in some messages
+    return convert
+
+
+def boolean(text: str) -> bool:
+    """An argparse type: true/false, yes/no, 1/0 (the empty string is false)."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def folder(text: str) -> Path:
+    """An argparse type: an existing folder."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder {text!r}")
+    return path
+
+
+def model_name(text: str) -> str:
+    """An argparse type: a registered model name, or "" for "do not register"."""
+    if text and not MODEL_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a model name of letters, digits, '-', '_', '.' and spaces, got {text!r}"
+        )
+    return text

@@ -1,1 +1,0 @@
-../mnist-conda/train.py

@@ -1,0 +1,113 @@
+"""Running the repository's commands as a user would: `mlflow run`, `make`, a one-line error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from ready_for_mlflow.servers import client_env
+from scaffold.layout import PROJECTS, ROOT
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def mlflow_run(
+    project: Path,
+    tracking_uri: str,
+    params: dict[str, object] | None = None,
+    env_manager: str = "local",
+    extra_args: list[str] | None = None,
+    cwd: Path | None = None,
+    timeout: int = 1200,
+    experiment: str = "tests",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mlflow run`` on ``project`` as a user would, in ``experiment``.
+
+    ``env`` replaces the whole client environment (the tracking URI and PATH are still set).
+    """
+    command = [
+        str(VENV_BIN / "mlflow"),
+        "run",
+        str(project),
+        "--env-manager",
+        env_manager,
+        "--experiment-name",
+        experiment,
+        *(extra_args or []),
+    ]
+    for key, value in (params or {}).items():
+        command += ["-P", f"{key}={value}"]
+    base = os.environ if env is None else env
+    env = {
+        **base,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}",
+    }
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def only_run(tracking_uri: str, experiment: str = "tests") -> Run:
+    """The single run that a test's `mlflow run` recorded in ``experiment``."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"mlflow run created no experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    return runs[0]
+
+
+def make(
+    *args: str, cwd: Path = ROOT, timeout: int = 600, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``make ARGS`` in ``cwd`` with ``env`` added to this environment."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=cwd,
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_reason(result: subprocess.CompletedProcess[str], prefix: str) -> str:
+    """The failed command printed exactly one stderr line starting with ``prefix``."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    reasons = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(reasons) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return reasons[0]
+
+
+def assert_one_line_error(
+    parse_args: Callable[[list[str]], object], argv: list[str], message: str, stderr_of
+) -> None:
+    """``parse_args(argv)`` exits 2 with exactly one stderr line that contains ``message``."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    stderr = stderr_of()
+    assert stderr.count("\n") == 1 and message in stderr, stderr
+
+
+def run_project(
+    tracking_uri: str,
+    experiment: str,
+    params: dict[str, object],
+    project: Path = PROJECTS / "mnist-conda",
+) -> subprocess.CompletedProcess[str]:
+    """``mlflow run --env-manager local`` from a client without any S3 credential."""
+    return mlflow_run(
+        project, tracking_uri, params, experiment=experiment, env=client_env(tracking_uri)
+    )

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := $(CURDIR)/.venv
+VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 # `mlflow run --env-manager local` starts the entry point with the `python` on PATH.
 RUN_ENV := PATH="$(BIN):$$PATH"
@@ -82,10 +82,11 @@ clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 	rm -rf mlflow.db mlruns
 
 new-project: setup ## New project NAME=my-exp [VARIANTS="conda docker k8s"] [TEMPLATE=pytorch|sklearn]
-	@$(BIN)/python -m scaffold.new_project "$(NAME)" --variants "$(VARIANTS)" --template "$(TEMPLATE)"
+	@$(BIN)/python -m scaffold.new_project "$(NAME)" --variants "$(VARIANTS)" \
+	  --template "$(TEMPLATE)" --projects-dir $(CURDIR)/projects
 
 validate: setup ## Check every project under projects/ (MLproject, env, Dockerfile, k8s, links, README)
-	@$(BIN)/python -m scaffold.validate
+	@$(BIN)/python -m scaffold.validate --projects-dir $(CURDIR)/projects
 
 store: ## Print the tracking store that the targets use (TRACKING_URI rule above)
 	@echo "Tracking store: $(TRACKING_URI)"

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "example"), str(ROOT / "projects" / "mnist-conda")]
+from data_loader import load_mnist, make_loader, split_train_val
+from mnist.recipe import evaluate, fit
 
-from data_loader import load_mnist, make_loader, split_train_val  # noqa: E402
-from recipe import evaluate, fit  # noqa: E402
+CPU = torch.device("cpu")
 
 
 class ReferenceNet(nn.Module):

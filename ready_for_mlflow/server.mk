@@ -12,17 +12,18 @@ MODEL ?=
 VERSION ?=
 INPUT ?=
 
-SERVER_ENV := BIN=$(BIN) SERVER_STATE=$(SERVER_STATE) SERVER_PORT=$(SERVER_PORT) \
-  S3_PORT=$(S3_PORT) BACKEND_STORE_URI=$(BACKEND_STORE_URI) \
-  ARTIFACTS_DESTINATION=$(ARTIFACTS_DESTINATION) ENV_FILE=$(ENV_FILE)
+# The settings of ready_for_mlflow/servers.py, which starts and stops the servers.
+SERVER_ENV := SERVER_STATE="$(SERVER_STATE)" SERVER_PORT="$(SERVER_PORT)" \
+  S3_PORT="$(S3_PORT)" BACKEND_STORE_URI="$(BACKEND_STORE_URI)" \
+  ARTIFACTS_DESTINATION="$(ARTIFACTS_DESTINATION)" ENV_FILE="$(ENV_FILE)"
 
 .PHONY: server server-stop promote serve predict
 
 server: setup ## Start a local tracking server (SQL store, artifacts proxied to S3)
-	@$(SERVER_ENV) bash ready_for_mlflow/server.sh start
+	@$(SERVER_ENV) $(BIN)/python -m ready_for_mlflow.servers start
 
 server-stop: ## Stop what `make server` started
-	@$(SERVER_ENV) bash ready_for_mlflow/server.sh stop
+	@$(SERVER_ENV) $(BIN)/python -m ready_for_mlflow.servers stop
 
 promote: setup ## Move alias champion to MODEL VERSION if it ranks better (by its ranking tags)
 	@[ -n "$(MODEL)" ] && [ -n "$(VERSION)" ] || \

@@ -2,11 +2,18 @@
 
 Every process starts in its own process group and is stopped with its children in teardown.
 Only the *server* gets S3 credentials: clients reach artifacts through the server's proxy.
+
+The tests use the context managers below; `make server` and `make server-stop` use the same
+code through the command line at the end of this module::
+
+    python -m ready_for_mlflow.servers start|stop [--port N --s3-port N ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,13 +23,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from dotenv import dotenv_values
 
+from project_tools.cli import OneLineParser, fail, number
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -47,22 +56,38 @@ def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> s
     """Start ``command`` in a new session (its own process group), output to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> None:
     """SIGTERM the process group (server workers included), SIGKILL after ``timeout``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+
+    def exited(seconds: float) -> bool:
         try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout)
-            return
+            process.wait(seconds)
+            return True
         except subprocess.TimeoutExpired:
-            continue
+            return False
+
+    stop_group(process.pid, exited, timeout)
+
+
+def stop_group(pgid: int, exited: Callable[[float], bool], timeout: float) -> None:
+    """SIGTERM the group ``pgid``; SIGKILL what is left once its leader ``exited`` or timed out."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    exited(timeout)
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    exited(timeout)
 
 
 def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -70,7 +95,9 @@ def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 9
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}: {tail(log)}")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode}; log {log}:\n{tail(log)}"
+            )
         try:
             urllib.request.urlopen(url, timeout=2).close()
             return
@@ -78,7 +105,20 @@ def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 9
             return
         except OSError:
             time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s: {tail(log)}")
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; log {log}:\n{tail(log)}")
+
+
+def launch(
+    command: list[str], log: Path, url: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``start`` the command and ``wait_http`` for ``url``; stop it again if it never answers."""
+    process = start(command, log, env)
+    try:
+        wait_http(url, process, log, timeout)
+    except BaseException:
+        stop(process)
+        raise
+    return process
 
 
 def tail(log: Path, lines: int = 15) -> str:
@@ -124,17 +164,25 @@ class S3:
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
+def start_moto(port: int, bucket: str, log: Path) -> tuple[subprocess.Popen, S3]:
+    """moto's S3 server on ``port``, answering, with ``bucket`` created."""
+    endpoint = f"http://{HOST}:{port}"
+    command = [str(VENV_BIN / "moto_server"), "-H", HOST, "-p", str(port)]
+    process = launch(command, log, f"{endpoint}/moto-api/", timeout=30)
+    s3 = S3(endpoint, bucket)
+    try:
+        s3.client().create_bucket(Bucket=bucket)
+    except BaseException:
+        stop(process)
+        raise
+    return process, s3
+
+
 @contextmanager
 def moto_s3(workdir: Path, bucket: str = "mlflow") -> Iterator[S3]:
     """moto's S3 server on a free loopback port, with ``bucket`` created."""
-    port = free_port()
-    log = workdir / "moto.log"
-    process = start([str(VENV_BIN / "moto_server"), "-H", HOST, "-p", str(port)], log)
+    process, s3 = start_moto(free_port(), bucket, workdir / "moto.log")
     try:
-        endpoint = f"http://{HOST}:{port}"
-        wait_http(f"{endpoint}/moto-api/", process, log, timeout=30)
-        s3 = S3(endpoint, bucket)
-        s3.client().create_bucket(Bucket=bucket)
         yield s3
     finally:
         stop(process)
@@ -145,6 +193,25 @@ class TrackingServer:
     url: str
     artifacts: str  # s3://bucket/prefix
     log: Path
+
+
+def mlflow_server_command(
+    backend_store_uri: str, artifacts: str, port: int, *extra_args: str
+) -> list[str]:
+    """``mlflow server`` on loopback ``port``, proxying artifacts to ``artifacts`` (s3://...)."""
+    return [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        *extra_args,
+    ]
 
 
 @contextmanager
@@ -160,26 +227,13 @@ def mlflow_server(
     port = free_port()
     log = workdir / f"mlflow-server-{port}.log"
     artifacts = f"s3://{s3.bucket}/{prefix}"
-    command = [
-        str(VENV_BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        *extra_args,
-    ]
+    command = mlflow_server_command(
+        backend_store_uri, artifacts, port, "--workers", "1", *extra_args
+    )
     env = {**os.environ, **s3.server_env, **NO_JOB_RUNNERS, **(extra_env or {})}
-    process = start(command, log, env)
+    url = f"http://{HOST}:{port}"
+    process = launch(command, log, f"{url}/health", timeout=90, env=env)
     try:
-        url = f"http://{HOST}:{port}"
-        wait_http(f"{url}/health", process, log)
         yield TrackingServer(url, artifacts, log)
     finally:
         stop(process)
@@ -225,3 +279,183 @@ def postgres(bin_dir: Path, user: str = "mlflow", password: str = "local-test") 
             subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=False, timeout=60)
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+# The command line of `make server` / `make server-stop`. Each setting is an option whose default
+# is the environment variable of the same name (ready_for_mlflow/server.mk sets them).
+PROG = "make server"
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / "ready_for_mlflow" / ".server"
+# The server's S3 settings; an empty value (e.g. a blank line of .env) means "not set".
+S3_SETTINGS = (
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+S3_DESTINATION = re.compile(r"s3://([^/]+)(/.*)?")
+
+
+def running(pid: int) -> bool:
+    """Running, not gone and not a zombie (whose parent, init here, has yet to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def recorded(state: Path) -> dict[str, int]:
+    """The running processes recorded in ``state`` (``<name>.pid`` files), by name."""
+    pids = {}
+    for pid_file in sorted(state.glob("*.pid")):
+        text = pid_file.read_text().strip()
+        if text.isdigit() and running(int(text)):
+            pids[pid_file.stem] = int(text)
+    return pids
+
+
+def stop_recorded(state: Path) -> list[str]:
+    """Stop every process group recorded in ``state``; forget every pid file; say what stopped."""
+
+    def exited(pid: int) -> Callable[[float], bool]:
+        def wait(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while running(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return not running(pid)
+
+        return wait
+
+    stopped = []
+    for name, pid in recorded(state).items():
+        stop_group(pid, exited(pid), timeout=15)
+        stopped.append(f"stopped {name} (pid {pid})")
+    for pid_file in state.glob("*.pid"):
+        pid_file.unlink()
+    return stopped
+
+
+def port_busy(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_env_file(path: Path) -> None:
+    """Export the KEY=VALUE lines of ``path``, as `set -a; . path` would; empty means unset."""
+    for key, value in dotenv_values(path).items():
+        if value:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
+    for key in S3_SETTINGS:
+        if not os.environ.get(key):
+            os.environ.pop(key, None)
+
+
+def one_line(error: BaseException) -> str:
+    """The first and last lines of ``error`` (a header and its log's last line), shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))[:600] or type(error).__name__
+
+
+def record(state: Path, name: str, process: subprocess.Popen) -> None:
+    (state / f"{name}.pid").write_text(f"{process.pid}\n")
+
+
+def start_servers(args: argparse.Namespace) -> None:
+    """`make server`: moto when no S3 is configured, then `mlflow server`, both detached."""
+    state: Path = args.state
+    if not (VENV_BIN / "mlflow").exists():
+        fail(PROG, f"no {VENV_BIN / 'mlflow'}; run make setup", status=1)
+    state.mkdir(parents=True, exist_ok=True)
+    if alive := recorded(state):
+        names = ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
+        fail(PROG, f"already running: {names}; make server-stop first", status=1)
+    if args.env_file and Path(args.env_file).is_file():
+        load_env_file(Path(args.env_file))
+    destination = S3_DESTINATION.fullmatch(args.artifacts_destination)
+    if not destination:
+        message = (
+            f"ARTIFACTS_DESTINATION must be s3://bucket[/path], got {args.artifacts_destination!r}"
+        )
+        fail(PROG, message, status=1)
+    if port_busy(args.port):
+        fail(PROG, f"port {args.port} on {HOST} is in use; set SERVER_PORT=...", status=1)
+    local_s3 = not any(os.environ.get(k) for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"))
+    if local_s3 and port_busy(args.s3_port):
+        fail(PROG, f"port {args.s3_port} on {HOST} is in use; set S3_PORT=...", status=1)
+
+    # A SIGTERM or SIGHUP while waiting stops what has started (as Ctrl-C does).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
+    env = dict(os.environ)
+    url = f"http://{HOST}:{args.port}"
+    try:
+        if local_s3:
+            moto, s3 = start_moto(args.s3_port, destination[1], state / "s3.log")
+            record(state, "s3", moto)
+            env |= s3.server_env
+            # The local endpoint keeps objects in memory: start the default store empty to match.
+            (state / "mlflow.db").unlink(missing_ok=True)
+            print(f"local S3 endpoint: {s3.endpoint} (in memory; objects go when it stops)")
+        command = mlflow_server_command(
+            args.backend_store_uri, args.artifacts_destination, args.port
+        )
+        server = launch(command, state / "mlflow.log", f"{url}/health", timeout=120, env=env)
+        record(state, "mlflow", server)
+    except BaseException as error:
+        for line in stop_recorded(state):
+            print(line)
+        if isinstance(error, Exception):
+            fail(PROG, one_line(error), status=1)
+        raise
+    store, artifacts = args.backend_store_uri, args.artifacts_destination
+    print(f"tracking server: {url} (store {store}, artifacts {artifacts})")
+    print(f"clients need no S3 key: export MLFLOW_TRACKING_URI={url}")
+    print(f"logs and pids in {state}; stop with: make server-stop")
+
+
+def stop_servers(args: argparse.Namespace) -> None:
+    """`make server-stop`: stop every process group that `make server` recorded."""
+    stopped = stop_recorded(args.state)
+    print("\n".join(stopped) or f"nothing to stop: no running server recorded in {args.state}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Start or stop a local tracking server (SQL store, artifacts proxied to S3).",
+    )
+    parser.add_argument("action", choices=("start", "stop"))
+
+    def setting(option: str, name: str, default: str, kind: Callable[[str], object] = str) -> None:
+        """``option``, by default the environment variable ``name`` when set and not empty."""
+        value = os.environ.get(name) or default
+        parser.add_argument(option, type=kind, default=value, help=f"${name}, else {default!r}")
+
+    port = number(int, 1, 65535)
+    setting("--state", "SERVER_STATE", str(STATE), Path)
+    setting("--port", "SERVER_PORT", "5001", port)
+    setting("--s3-port", "S3_PORT", "9100", port)
+    setting("--backend-store-uri", "BACKEND_STORE_URI", "sqlite:///<state>/mlflow.db")
+    setting("--artifacts-destination", "ARTIFACTS_DESTINATION", "s3://mlflow/artifacts")
+    # ENV_FILE= (set, empty) reads no file.
+    env_file = os.environ.get("ENV_FILE", str(ROOT / ".env"))
+    parser.add_argument("--env-file", default=env_file, help="$ENV_FILE (empty: none), else .env")
+    args = parser.parse_args(argv)
+    args.state = args.state.absolute()
+    args.backend_store_uri = args.backend_store_uri.replace("<state>", str(args.state))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    (start_servers if args.action == "start" else stop_servers)(args)
+
+
+if __name__ == "__main__":
+    main()

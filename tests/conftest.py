@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from ready_for_mlflow.servers import (
     stop,
     wait_http,
 )
+from tests.helpers.artifacts import DigitFiles, TrainedModel
 from tests.helpers.commands import run_project
 from tests.helpers.components import require
 
@@ -85,18 +85,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(process)
 
 
-@dataclass(frozen=True)
-class TrainedModel:
-    name: str
-    version: str
-    run_id: str
-    tracking_uri: str
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-
 @pytest.fixture(scope="session")
 def trained_mnist(tracking_server: TrackingServer) -> TrainedModel:
     """projects/mnist-conda at its default parameters, registered as ``mnist`` (about 1 min)."""
@@ -106,12 +94,6 @@ def trained_mnist(tracking_server: TrackingServer) -> TrainedModel:
     assert result.returncode == 0, result.stderr[-3000:]
     version = MlflowClient(tracking_server.url).get_model_version_by_alias("mnist", "candidate")
     return TrainedModel("mnist", version.version, version.run_id, tracking_server.url)
-
-
-@dataclass(frozen=True)
-class DigitFiles:
-    folder: Path
-    labels: np.ndarray
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Docker projects: dependency-only Dockerfiles, pins that agree, and no secret in any image."""
+"""The container path: dependency-only Dockerfiles, pins that agree, no secret in any image or
+committed file, and `make run-docker` failing fast without a Docker engine."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import PROJECTS_DIR, ROOT, project_dirs, require_docker_image
+from scaffold.layout import PROJECTS, ROOT
+from tests.helpers.commands import make, one_line_reason
+from tests.helpers.components import docker_image, require_docker_image
+from tests.helpers.projects import project_dirs
 
 AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}")
 AWS_SECRET = re.compile(r"aws_secret_access_key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}", re.IGNORECASE)
@@ -23,12 +26,9 @@ def pins(text: str) -> dict[str, str]:
 
 def dockerfile_of(project: Path) -> Path:
     """The Dockerfile that builds the project's docker_env image (mnist-k8s shares one)."""
-    image = yaml.safe_load((project / "MLproject").read_text())["docker_env"]["image"]
+    image = docker_image(project)
     owners = [
-        p
-        for p in DOCKER_PROJECTS
-        if (p / "Dockerfile").exists()
-        and yaml.safe_load((p / "MLproject").read_text())["docker_env"]["image"] == image
+        p for p in DOCKER_PROJECTS if (p / "Dockerfile").exists() and docker_image(p) == image
     ]
     assert owners, f"no projects/*/Dockerfile builds {image}"
     return owners[0] / "Dockerfile"
@@ -54,7 +54,7 @@ def test_container_pins_agree_with_the_repository(project: Path) -> None:
 
 def test_conda_env_pins_agree_with_the_repository() -> None:
     repository = pins((ROOT / "requirements.txt").read_text())
-    for conda in PROJECTS_DIR.glob("*/conda.yaml"):
+    for conda in PROJECTS.glob("*/conda.yaml"):
         for name, version in pins(conda.read_text()).items():
             assert repository.get(name, version) == version, f"{conda}: {name}=={version}"
 
@@ -105,3 +105,8 @@ def test_no_secret_in_image_history_or_environment(project: Path) -> None:
     for text in (history, environment):
         assert not AWS_KEY_ID.search(text) and not AWS_SECRET.search(text)
     assert not [line for line in environment.splitlines() if line.startswith("AWS_")]
+
+
+def test_run_docker_without_daemon_fails_fast(tmp_path: Path) -> None:
+    result = make("run-docker", DOCKER_HOST=f"unix://{tmp_path}/no.sock")
+    assert "no Docker daemon answers" in one_line_reason(result, "make run-docker:")

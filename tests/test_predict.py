@@ -14,20 +14,28 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
-from conftest import ROOT
-from conftest_servers import DigitFiles, TrainedModel
 from data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist
-from servers import HOST, TrackingServer, client_env, free_port, start, stop, wait_http
+from ready_for_mlflow.servers import (
+    HOST,
+    TrackingServer,
+    client_env,
+    free_port,
+    start,
+    stop,
+    wait_http,
+)
+from scaffold.layout import ROOT
+from tests.helpers.artifacts import DigitFiles, TrainedModel
 
-PREDICT = ROOT / "example" / "predict" / "predict.py"
-REST_CLIENT = ROOT / "example" / "predict" / "rest_client.py"
+PREDICT = "predict"
+REST_CLIENT = "predict.rest_client"
 
 
 def run_cli(
-    script: Path, *args: object, tracking_uri: str = "sqlite:///unused.db", cwd: Path | None = None
+    module: str, *args: object, tracking_uri: str = "sqlite:///unused.db", cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
+        [sys.executable, "-m", module, *map(str, args)],
         env=client_env(tracking_uri),
         cwd=cwd,
         capture_output=True,
@@ -37,7 +45,7 @@ def run_cli(
     )
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+def assert_predict_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
     assert result.returncode == code, (result.returncode, result.stderr)
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("predict: error: ")
@@ -61,7 +69,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
 )
 def test_bad_input_is_one_line(tmp_path: Path, make_input, words: list[str]) -> None:
     result = run_cli(PREDICT, "models:/mnist@champion", make_input(tmp_path), cwd=tmp_path)
-    assert_one_line_error(result, 2, *words)
+    assert_predict_error(result, 2, *words)
     assert not (tmp_path / "predictions.csv").exists()
 
 
@@ -73,7 +81,7 @@ def write(path: Path, data: bytes) -> Path:
 def test_unreachable_server_is_one_line(heldout_pngs: DigitFiles, tmp_path: Path) -> None:
     down = f"http://{HOST}:{free_port()}"
     result = run_cli(PREDICT, "models:/mnist@champion", heldout_pngs.folder, tracking_uri=down)
-    assert_one_line_error(result, 1, f"tracking server {down} is unreachable")
+    assert_predict_error(result, 1, f"tracking server {down} is unreachable")
 
 
 @pytest.mark.server
@@ -91,7 +99,7 @@ def test_unknown_model_or_alias_is_one_line(
     if not client.search_registered_models("name = 'predict-empty'"):
         client.create_registered_model("predict-empty")
     result = run_cli(PREDICT, uri, heldout_pngs.folder, tracking_uri=tracking_server.url)
-    assert_one_line_error(result, 1, "cannot load model", *words)
+    assert_predict_error(result, 1, "cannot load model", *words)
 
 
 @pytest.mark.slow
@@ -173,7 +181,7 @@ def test_predict_csv_rows(
         tracking_uri=tracking_server.url,
         cwd=tmp_path,
     )
-    assert_one_line_error(missing, 1, "the model rejected the rows input", "bmi")
+    assert_predict_error(missing, 1, "the model rejected the rows input", "bmi")
 
 
 @pytest.mark.slow

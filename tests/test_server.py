@@ -1,4 +1,5 @@
-"""A real tracking server: `mlflow run` on it, S3 artifacts, PostgreSQL, basic auth, make server."""
+"""The tracking server: `mlflow run` on it, S3 artifacts, PostgreSQL, basic auth, `make server`,
+and the credentials it documents."""
 
 from __future__ import annotations
 
@@ -6,20 +7,16 @@ import base64
 import json
 import os
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import mlflow.pyfunc
 import pytest
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, require
-from heldout import mnist_accuracy
-from servers import (
+from ready_for_mlflow.servers import (
     HOST,
     NO_JOB_RUNNERS,
     S3,
@@ -28,8 +25,11 @@ from servers import (
     mlflow_server,
     postgres,
     postgres_binaries,
-    run_project,
 )
+from scaffold.layout import ROOT
+from tests.helpers.commands import make, run_project
+from tests.helpers.components import require
+from tests.helpers.heldout import mnist_accuracy
 
 TINY = {"epochs": 1, "batch_size": 128}
 pytestmark = pytest.mark.server
@@ -150,17 +150,9 @@ def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ports = {"SERVER_PORT": free_port(), "S3_PORT": free_port()}
     # ENV_FILE= : a developer's .env (real S3 keys) must not steer the test.
     variables = [f"{k}={v}" for k, v in ports.items()] + [f"SERVER_STATE={tmp_path}", "ENV_FILE="]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
-    env |= NO_JOB_RUNNERS
-    make = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "setup"]  # .venv is there
-    started = subprocess.run(
-        [*make, "server", *variables],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    for key in [k for k in os.environ if k.startswith(("AWS_", "MLFLOW_"))]:
+        monkeypatch.delenv(key)
+    started = make("server", *variables, timeout=180, **NO_JOB_RUNNERS)
     pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
     try:
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
@@ -176,62 +168,10 @@ def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyP
         s3 = S3(f"http://{HOST}:{ports['S3_PORT']}", "mlflow")
         assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in s3.object_keys())
     finally:
-        stopped = subprocess.run(
-            [*make, "server-stop", f"SERVER_STATE={tmp_path}"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        stopped = make("server-stop", f"SERVER_STATE={tmp_path}", timeout=60)
     assert stopped.returncode == 0, stopped.stderr
     assert not any(pid_alive(pid) for pid in pids)
     assert not list(tmp_path.glob("*.pid"))
-
-
-DEPLOY = ROOT / "ready_for_mlflow" / "deploy"
-
-
-def deploy_documents() -> list[dict]:
-    return [
-        doc
-        for path in sorted(DEPLOY.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
-    ]
-
-
-def test_deploy_manifests_are_valid_kubernetes() -> None:
-    import kubernetes_validate
-
-    documents = deploy_documents()
-    kinds = {doc["kind"] for doc in documents}
-    assert {"Deployment", "Service", "Secret"} <= kinds, kinds
-    for doc in documents:
-        for version in ("1.30", "1.37"):
-            kubernetes_validate.validate(doc, version, strict=True)
-
-
-def test_deploy_runs_postgresql_s3_basic_auth_with_secrets() -> None:
-    (deployment,) = [d for d in deploy_documents() if d["kind"] == "Deployment"]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    command = " ".join(container.get("command", []) + container.get("args", []))
-    assert "--app-name basic-auth" in command
-    assert re.search(r"--artifacts-destination s3://", command)
-    assert "--allowed-hosts" in command
-    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
-    env = {e["name"]: e for e in container["env"]}
-    for name in (
-        "MLFLOW_BACKEND_STORE_URI",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "MLFLOW_AUTH_ADMIN_PASSWORD",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY",
-    ):
-        assert "secretKeyRef" in env[name]["valueFrom"], name
-    secrets = [d for d in deploy_documents() if d["kind"] == "Secret"]
-    uris = [s.get("stringData", {}).get("backend-store-uri", "") for s in secrets]
-    assert any(uri.startswith("postgresql+psycopg2://") for uri in uris), uris
 
 
 def test_env_example_documents_every_variable() -> None:

@@ -32,14 +32,18 @@ def fail(prog: str, message: str, status: int = 2) -> NoReturn:
     raise SystemExit(status)
 
 
+def _show(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
 def _describe(kind: type, low: float | None, high: float | None, open_low: bool) -> str:
     noun = "an integer" if kind is int else "a number"
     if low is not None and high is not None:
-        return f"{noun} between {low:g} and {high:g}"
+        return f"{noun} between {_show(low)} and {_show(high)}"
     if low is not None:
-        return f"{noun} {'>' if open_low else '>='} {low:g}"
+        return f"{noun} {'>' if open_low else '>='} {_show(low)}"
     if high is not None:
-        return f"{noun} <= {high:g}"
+        return f"{noun} <= {_show(high)}"
     return noun
 
 

@@ -1,1 +1,1 @@
-"""Test helpers, imported as ``tests.helpers.<module>``; ``tests/conftest.py`` holds fixtures only."""
+"""Test helpers, imported as ``tests.helpers.<module>``; conftest.py holds fixtures only."""

@@ -86,7 +86,9 @@ def run_job_in_docker(
     base_image = require_docker_image(project)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("kubernetes")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("kubernetes")
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("kubernetes")
+    )
     run_id = client.create_run(experiment_id).info.run_id
     name = load_project(str(project)).name
     image = build_docker_image(

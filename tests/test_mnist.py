@@ -1,0 +1,176 @@
+"""The mnist project family (projects/mnist-*): argument checks, seeding, the default recipe,
+registration, a failed upload, bad parameters through `mlflow run`, and the uv and conda paths.
+
+The Docker and Kubernetes variants run the same package: see test_projects.py (smoke runs),
+test_containers.py and test_kubernetes.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow.pyfunc
+import pytest
+from mlflow.tracking import MlflowClient
+
+from data_loader import load_mnist
+from mnist import train
+from scaffold.layout import PROJECTS
+from tests.helpers.commands import assert_one_line_error, mlflow_run, only_run
+from tests.helpers.projects import assert_smoke_run, smoke_config
+
+MNIST_CONDA = PROJECTS / "mnist-conda"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "2.5"], "argument --epochs: expected an integer >= 1, got '2.5'"),
+        (["--batch-size", "-3"], "argument --batch-size: expected an integer >= 1, got '-3'"),
+        (["--learning-rate", "nan"], "argument --learning-rate: expected a number > 0, got 'nan'"),
+        (["--learning-rate=-1e-3"], "argument --learning-rate: expected a number > 0, got '-1e-3'"),
+        (["--val-fraction", "1"], "argument --val-fraction: expected a number between 0 and 1"),
+        (["--device", "tpu"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "cudafoo"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "cuda:abc"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+        (["--seed", "9" * 23], "argument --seed: expected an integer between 0 and 4294967295"),
+        (["--num-workers", "1000"], "argument --num-workers: expected an integer between 0 and 32"),
+        (["--download", "maybe"], "argument --download: expected true or false, got 'maybe'"),
+        (["--registered-model-name", "bad/name"], "expected a model name of letters, digits"),
+    ],
+)
+def test_bad_argument_is_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_one_line_error(train.parse_args, argv, message, lambda: capsys.readouterr().err)
+
+
+def test_cuda_requested_without_cuda_is_clear(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert train.main(["--device", "cuda", "--epochs", "1"]) == 2
+    assert "device 'cuda' was asked for but CUDA is not available" in capsys.readouterr().err
+
+
+def run_metrics(tracking_uri: str) -> list[dict[str, float]]:
+    client = MlflowClient(tracking_uri)
+    return [run.data.metrics for run in client.search_runs(["0"], order_by=["start_time ASC"])]
+
+
+def test_same_seed_gives_same_metrics_on_cpu(tracking_uri: str) -> None:
+    argv = ["--epochs", "1", "--batch-size", "256", "--seed", "11", "--device", "cpu"]
+    assert train.main(argv) == 0
+    assert train.main(argv) == 0
+    first, second = run_metrics(tracking_uri)
+    assert first == second
+    assert first["test_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_default_recipe_reaches_98_percent(tracking_uri: str) -> None:
+    """At default parameters on the bundled sample (README: 'Default recipe')."""
+    assert train.main(["--device", "cpu"]) == 0
+    (metrics,) = run_metrics(tracking_uri)
+    assert metrics["test_accuracy"] >= 0.98
+
+
+def test_registered_model_gets_candidate_alias_and_ranking_tags(tracking_uri: str) -> None:
+    argv = ["--epochs", "1", "--batch-size", "256", "--registered-model-name", "mnist-test"]
+    assert train.main(argv) == 0
+    client = MlflowClient(tracking_uri)
+    version = client.get_model_version_by_alias("mnist-test", "candidate")
+    (run,) = client.search_runs(["0"])
+    assert version.run_id == run.info.run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(
+        run.data.metrics["test_accuracy"], rel=1e-5
+    )
+    assert version.tags["ranking_metric"] == "test_accuracy"
+    assert version.tags["ranking_order"] == "higher_is_better"
+
+
+def test_failed_model_upload_keeps_the_trained_model(
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The artifact store is a path under a regular file: the real upload fails."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    MlflowClient(tracking_uri).create_experiment("blocked", str(blocker / "artifacts"))
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "blocked")
+    assert train.main(["--epochs", "1", "--batch-size", "256"]) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("mnist.train:")]
+    kept = Path(line.split("the trained model is kept at ")[1].split("; upload it")[0])
+    assert "mlflow artifacts log-artifacts --run-id" in line
+    test = load_mnist(split="test")
+    logits = mlflow.pyfunc.load_model(str(kept)).predict(test.images[:200].numpy())
+    assert (logits.argmax(axis=1) == test.labels[:200].numpy()).mean() > 0.8
+
+
+BAD_PARAMETERS = [
+    ("epochs", "abc", "argument --epochs: expected an integer >= 1, got 'abc'"),
+    ("epochs", "0", "argument --epochs: expected an integer >= 1, got '0'"),
+    ("batch_size", "0", "argument --batch-size: expected an integer >= 1, got '0'"),
+    ("learning_rate", "-1e-3", "argument --learning-rate: expected a number > 0, got '-1e-3'"),
+    ("learning_rate", "fast", "argument --learning-rate: expected a number > 0, got 'fast'"),
+    ("data_dir", "/no/such/mnist", "no such folder '/no/such/mnist'"),
+    ("registered_model_name", "bad/name", "expected a model name of letters, digits"),
+]
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "message"), BAD_PARAMETERS, ids=[f"{p}={v}" for p, v, _ in BAD_PARAMETERS]
+)
+def test_bad_parameter_fails_the_run_in_one_line(
+    param: str, value: str, message: str, tracking_uri: str, tmp_path: Path
+) -> None:
+    """MLflow passes `-P epochs=abc` to the entry point unchecked: the package checks it."""
+    result = mlflow_run(MNIST_CONDA, tracking_uri, {param: value}, cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mnist.train: error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert only_run(tracking_uri).info.status == "FAILED"
+
+
+def test_folder_without_mnist_files_fails_the_run(tracking_uri: str, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = mlflow_run(MNIST_CONDA, tracking_uri, {"data_dir": empty}, cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"mnist.train: error: no MNIST train files in {empty}" in result.stderr
+    assert only_run(tracking_uri).info.status == "FAILED"
+
+
+@pytest.mark.uv
+@pytest.mark.slow
+def test_mnist_conda_through_uv(tracking_uri: str, tmp_path: Path) -> None:
+    """MLflow converts conda.yaml (python + pip list) into a uv venv: the list is complete."""
+    config = smoke_config(MNIST_CONDA)
+    result = mlflow_run(
+        MNIST_CONDA, tracking_uri, config["parameters"], env_manager="uv", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_smoke_run(MNIST_CONDA, tracking_uri)
+
+
+@pytest.mark.conda
+@pytest.mark.slow
+def test_mnist_conda_through_conda(tracking_uri: str, tmp_path: Path) -> None:
+    """The conda path itself. Skipped without conda, also in CI: no conda channel is
+    reachable there, so the uv test above is what proves conda.yaml's list in CI."""
+    if shutil.which("conda") is None:
+        pytest.skip("conda is not on PATH")
+    config = smoke_config(MNIST_CONDA)
+    result = mlflow_run(
+        MNIST_CONDA, tracking_uri, config["parameters"], env_manager="conda", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_smoke_run(MNIST_CONDA, tracking_uri)

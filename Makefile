@@ -33,17 +33,18 @@ BASE_IMAGE ?= $(shell docker image inspect python:3.11-slim >/dev/null 2>&1 || \
 # backend does not mount by itself (it mounts the run's artifact folder only).
 DOCKER_RUN_ARGS ?= -A network=host -A v=$(CURDIR)/mlruns:$(CURDIR)/mlruns
 # Kubernetes: the registry the image is pushed to, the kube context, the pod's tracking URI.
-REGISTRY ?= localhost:5000
+K8S_PROJECT ?= projects/mnist-k8s
+REGISTRY ?= localhost:5050
 KUBE_CONTEXT ?= $(shell kubectl config current-context 2>/dev/null)
 KUBE_TRACKING_URI ?= $(TRACKING_URI)
-REGISTRY_PORT ?= 5000
+REGISTRY_PORT ?= 5050
 STATE := $(CURDIR)/.run
 
 .PHONY: help setup run ui test lint benchmark clean new-project validate store docker-check \
 	docker-images run-docker run-k8s registry registry-stop base-image
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## Create .venv with the pinned dependencies (no-op when up to date)
 
@@ -116,21 +117,24 @@ run-docker: setup docker-check ## Run mnist-docker and elasticnet-docker with ml
 	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run --build-image \
 	  $(DOCKER_RUN_ARGS) projects/elasticnet-docker -P alpha=0.001
 
-run-k8s: setup docker-check ## Run mnist-k8s as a Kubernetes Job (REGISTRY, KUBE_CONTEXT, TRACKING_URI)
+run-k8s: setup docker-check ## Run K8S_PROJECT (mnist-k8s) as a Kubernetes Job (REGISTRY, KUBE_CONTEXT, TRACKING_URI)
+	@[ -f $(K8S_PROJECT)/kubernetes_config.json ] || { echo "make run-k8s: $(K8S_PROJECT) has no kubernetes_config.json: set K8S_PROJECT=projects/<name>-k8s" >&2; exit 1; }
 	@[ -n "$(KUBE_CONTEXT)" ] && kubectl config get-contexts "$(KUBE_CONTEXT)" >/dev/null 2>&1 || { echo "make run-k8s: no kube context '$(KUBE_CONTEXT)': set KUBE_CONTEXT= to one of 'kubectl config get-contexts'" >&2; exit 1; }
 	@case "$(TRACKING_URI)" in http://*|https://*) ;; *) echo "make run-k8s: the pod needs a tracking server, not $(TRACKING_URI): set TRACKING_URI=http(s)://..." >&2; exit 1;; esac
 	@registry="$(REGISTRY)"; host=$${registry%%/*}; port=443; case $$host in *:*) port=$${host##*:}; host=$${host%%:*};; esac; \
 	  timeout 5 bash -c "</dev/tcp/$$host/$$port" 2>/dev/null || { echo "make run-k8s: registry $(REGISTRY) does not answer on $$host:$$port: start one with make registry, or set REGISTRY=" >&2; exit 1; }
+	@image=$$(sed -n 's/^[[:space:]]*image:[[:space:]]*//p' $(K8S_PROJECT)/MLproject | head -1); \
+	  docker image inspect $$image >/dev/null 2>&1 || { echo "make run-k8s: image $$image is missing: run make docker-images" >&2; exit 1; }
 	$(SAY_STORE)
 	@mkdir -p $(STATE) && $(BIN)/python -c 'import json; \
-	  config = json.load(open("projects/mnist-k8s/kubernetes_config.json")); \
-	  config.update({"kube-context": "$(KUBE_CONTEXT)", "repository-uri": "$(REGISTRY)/mnist-k8s"}); \
+	  config = json.load(open("$(K8S_PROJECT)/kubernetes_config.json")); \
+	  config.update({"kube-context": "$(KUBE_CONTEXT)", "repository-uri": "$(REGISTRY)/$(notdir $(K8S_PROJECT))"}); \
 	  json.dump(config, open("$(STATE)/kubernetes_config.json", "w"), indent=2)'
 	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) KUBE_MLFLOW_TRACKING_URI=$(KUBE_TRACKING_URI) \
 	  $(BIN)/mlflow run --backend kubernetes --backend-config $(STATE)/kubernetes_config.json \
-	  projects/mnist-k8s $(RUN_ARGS)
+	  $(K8S_PROJECT) $(RUN_ARGS)
 
-registry: ## Start a local image registry on 127.0.0.1:REGISTRY_PORT (default 5000)
+registry: ## Start a local image registry on 127.0.0.1:REGISTRY_PORT (default 5050)
 	@command -v docker-registry >/dev/null || { echo "make registry: docker-registry is not installed: apt-get install docker-registry" >&2; exit 1; }
 	@mkdir -p $(STATE)/registry
 	@printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import boto3
@@ -307,7 +308,7 @@ def running(pid: int) -> bool:
 
 def recorded(state: Path) -> dict[str, int]:
     """The running processes recorded in ``state`` (``<name>.pid`` files), by name."""
-    pids = {}
+    pids: dict[str, int] = {}
     for pid_file in sorted(state.glob("*.pid")):
         text = pid_file.read_text().strip()
         if text.isdigit() and running(int(text)):
@@ -315,21 +316,19 @@ def recorded(state: Path) -> dict[str, int]:
     return pids
 
 
+def gone(pid: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``pid`` (not a child of ours) to end; whether it did."""
+    deadline = time.monotonic() + seconds
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not running(pid)
+
+
 def stop_recorded(state: Path) -> list[str]:
     """Stop every process group recorded in ``state``; forget every pid file; say what stopped."""
-
-    def exited(pid: int) -> Callable[[float], bool]:
-        def wait(seconds: float) -> bool:
-            deadline = time.monotonic() + seconds
-            while running(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            return not running(pid)
-
-        return wait
-
     stopped = []
     for name, pid in recorded(state).items():
-        stop_group(pid, exited(pid), timeout=15)
+        stop_group(pid, partial(gone, pid), timeout=15)
         stopped.append(f"stopped {name} (pid {pid})")
     for pid_file in state.glob("*.pid"):
         pid_file.unlink()
@@ -369,6 +368,7 @@ def record(state: Path, name: str, process: subprocess.Popen) -> None:
 def start_servers(args: argparse.Namespace) -> None:
     """`make server`: moto when no S3 is configured, then `mlflow server`, both detached."""
     state: Path = args.state
+    store, artifacts = args.backend_store_uri, args.artifacts_destination
     if not (VENV_BIN / "mlflow").exists():
         fail(PROG, f"no {VENV_BIN / 'mlflow'}; run make setup", status=1)
     state.mkdir(parents=True, exist_ok=True)
@@ -377,12 +377,9 @@ def start_servers(args: argparse.Namespace) -> None:
         fail(PROG, f"already running: {names}; make server-stop first", status=1)
     if args.env_file and Path(args.env_file).is_file():
         load_env_file(Path(args.env_file))
-    destination = S3_DESTINATION.fullmatch(args.artifacts_destination)
+    destination = S3_DESTINATION.fullmatch(artifacts)
     if not destination:
-        message = (
-            f"ARTIFACTS_DESTINATION must be s3://bucket[/path], got {args.artifacts_destination!r}"
-        )
-        fail(PROG, message, status=1)
+        fail(PROG, f"ARTIFACTS_DESTINATION must be s3://bucket[/path], got {artifacts!r}", status=1)
     if port_busy(args.port):
         fail(PROG, f"port {args.port} on {HOST} is in use; set SERVER_PORT=...", status=1)
     local_s3 = not any(os.environ.get(k) for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"))
@@ -402,9 +399,7 @@ def start_servers(args: argparse.Namespace) -> None:
             # The local endpoint keeps objects in memory: start the default store empty to match.
             (state / "mlflow.db").unlink(missing_ok=True)
             print(f"local S3 endpoint: {s3.endpoint} (in memory; objects go when it stops)")
-        command = mlflow_server_command(
-            args.backend_store_uri, args.artifacts_destination, args.port
-        )
+        command = mlflow_server_command(store, artifacts, args.port)
         server = launch(command, state / "mlflow.log", f"{url}/health", timeout=120, env=env)
         record(state, "mlflow", server)
     except BaseException as error:
@@ -413,7 +408,6 @@ def start_servers(args: argparse.Namespace) -> None:
         if isinstance(error, Exception):
             fail(PROG, one_line(error), status=1)
         raise
-    store, artifacts = args.backend_store_uri, args.artifacts_destination
     print(f"tracking server: {url} (store {store}, artifacts {artifacts})")
     print(f"clients need no S3 key: export MLFLOW_TRACKING_URI={url}")
     print(f"logs and pids in {state}; stop with: make server-stop")

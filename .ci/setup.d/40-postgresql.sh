@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PostgreSQL server binaries (initdb, pg_ctl) for the tracking-server tests, which start a
-# throwaway cluster of their own on a free loopback port (tests/servers.py).
+# throwaway cluster of their own on a free loopback port (ready_for_mlflow/servers.py).
 set -euo pipefail
 
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl >/dev/null; then

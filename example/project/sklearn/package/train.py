@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             # The signature tells a server what input to expect; the example documents it.
             signature=infer_signature(x_test[:5], model.predict(x_test[:5])),
             input_example=x_test[:2],
-            # The flavor's pinned requirements: no slow tracing of the imports.
-            pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
+            # The flavor's pins (scikit-learn, cloudpickle): no slow tracing of the imports.
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_cloudpickle=True),
         ).model_uri
         if args.registered_model_name:
             try:  # a new version, aliased "candidate" and tagged with the ranking metric

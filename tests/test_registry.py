@@ -26,8 +26,11 @@ def server_client(tracking_server: TrackingServer, monkeypatch: pytest.MonkeyPat
         if key.startswith("AWS_") or key == "MLFLOW_S3_ENDPOINT_URL":
             monkeypatch.delenv(key)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
-    mlflow.set_experiment("registry")
-    return MlflowClient(tracking_server.url)
+    client = MlflowClient(tracking_server.url)
+    experiment = client.get_experiment_by_name("registry")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("registry")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # restored after the test
+    return client
 
 
 def add_version(name: str, metrics: dict[str, float], ranking: str, higher: bool) -> str:
@@ -116,7 +119,9 @@ def test_promote_errors_are_one_line(
     server_client.create_registered_model("promote-untagged")
     with mlflow.start_run() as run:
         pass
-    server_client.create_model_version("promote-untagged", "models:/none", run_id=run.info.run_id)
+    server_client.create_model_version(
+        "promote-untagged", f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
     for args, message in [
         (["promote-missing", "1"], "no version '1' of registered model 'promote-missing'"),
         (["promote-untagged", "1"], "version 1 of 'promote-untagged' has no 'ranking_metric'"),

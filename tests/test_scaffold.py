@@ -58,8 +58,8 @@ def copy_repository(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-def make_in(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return make(*MAKE_ARGS, *args, cwd=repo)
+def make_in(repo: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return make(*MAKE_ARGS, *args, cwd=repo, timeout=timeout)
 
 
 def tree(folder: Path) -> list[str]:
@@ -111,12 +111,17 @@ def test_bad_input_is_one_line_and_writes_nothing(repo: Path, args: list[str], r
     assert tree(repo / "projects") == before
 
 
+def empty_repository(root: Path) -> Path:
+    """A projects/ folder beside the example/ folders that the projects' links point to."""
+    for shared in SHARED_PACKAGES:
+        (root / "example" / shared).mkdir(parents=True)
+    (root / "projects").mkdir()
+    return root / "projects"
+
+
 def test_a_failed_write_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A write that fails halfway (here: the second folder) leaves no folder behind."""
-    projects = tmp_path / "projects"
-    projects.mkdir()
-    for shared in SHARED_PACKAGES:  # what the projects' links point to
-        (tmp_path / "example" / shared).mkdir(parents=True)
+    projects = empty_repository(tmp_path)
     build = new_project.build
 
     def build_then_fail(plan: new_project.Plan, variant: str, folder: Path) -> None:
@@ -131,6 +136,18 @@ def test_a_failed_write_keeps_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         )
     assert exit_info.value.code == 1
     assert list(projects.iterdir()) == []
+
+
+def test_k8s_without_docker_holds_the_code_and_the_dockerfile(tmp_path: Path) -> None:
+    projects = empty_repository(tmp_path)
+    assert new_project.main(["solo", "--variants", "k8s", "--projects-dir", str(projects)]) == 0
+    assert sorted(p.name for p in projects.iterdir()) == ["solo-k8s"]
+    folder = projects / "solo-k8s"
+    assert (folder / "solo" / "train.py").is_file() and (folder / "Dockerfile").is_file()
+    assert (
+        "Built by `make docker-images` from this folder's Dockerfile"
+        in (folder / "MLproject").read_text()
+    )
 
 
 # --- The templates ---------------------------------------------------------------------------
@@ -238,8 +255,6 @@ def test_pytorch_k8s_job(
     """The Job MLflow renders from the generated files, run from the pushed image by digest."""
     project = docker_images / "gen-torch-k8s"
     config = smoke_config(project)
-    # kubernetes_config.json names its template relative to the repository root: the copy's.
-    monkeypatch.setattr(kubernetes_helper, "ROOT", docker_images.parent)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
     run_id = kubernetes_helper.run_job_in_docker(
         project, config["parameters"], registry, tracking_server.url, tmp_path

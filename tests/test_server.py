@@ -25,6 +25,7 @@ from ready_for_mlflow.servers import (
     mlflow_server,
     postgres,
     postgres_binaries,
+    running,
 )
 from scaffold.layout import ROOT
 from tests.helpers.commands import make, run_project
@@ -136,15 +137,6 @@ def test_basic_auth_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPat
         assert http_status(search, ("alice", "wrong-password")) == 401
 
 
-def pid_alive(pid: int) -> bool:
-    """Running, not gone and not a zombie (whose parent, init here, has yet to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`make server` serves a client without S3 keys, objects land in its S3; `server-stop`."""
     ports = {"SERVER_PORT": free_port(), "S3_PORT": free_port()}
@@ -170,7 +162,7 @@ def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         stopped = make("server-stop", f"SERVER_STATE={tmp_path}", timeout=60)
     assert stopped.returncode == 0, stopped.stderr
-    assert not any(pid_alive(pid) for pid in pids)
+    assert not any(running(pid) for pid in pids)
     assert not list(tmp_path.glob("*.pid"))
 
 

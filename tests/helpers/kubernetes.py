@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import kubernetes_validate
 from mlflow.projects import _parse_kubernetes_config
@@ -24,15 +25,16 @@ from mlflow.projects.docker import build_docker_image
 from mlflow.projects.utils import get_entry_point_command, get_run_env_vars
 from mlflow.tracking import MlflowClient
 
-from scaffold.layout import KUBERNETES_VERSION, ROOT
+from scaffold.layout import KUBERNETES_VERSION
 from tests.helpers.components import require_docker_image
 
 
 def kube_config(project: Path) -> dict:
-    """The project's kubernetes_config.json, read by MLflow's own parser from the repo root."""
+    """The project's kubernetes_config.json, read by MLflow's own parser from the root of the
+    project's repository (the template path in it is relative to that root)."""
     config = json.loads((project / "kubernetes_config.json").read_text())
     cwd = Path.cwd()
-    os.chdir(ROOT)
+    os.chdir(project.resolve().parents[1])
     try:
         return _parse_kubernetes_config(config)
     finally:
@@ -84,6 +86,18 @@ def run_job_in_docker(
     """Build and push the project's image, render and validate its Job, and run the pod's
     container from the pushed image by digest; return the MLflow run id."""
     base_image = require_docker_image(project)
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri}):
+        return _run_job_in_docker(project, params, registry, tracking_uri, workdir, base_image)
+
+
+def _run_job_in_docker(
+    project: Path,
+    params: dict[str, object],
+    registry: str,
+    tracking_uri: str,
+    workdir: Path,
+    base_image: str,
+) -> str:
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("kubernetes")
     experiment_id = (
@@ -118,5 +132,6 @@ def run_job_in_docker(
         timeout=900,
         check=False,
     )
+    subprocess.run(["docker", "rmi", container["image"]], capture_output=True, check=False)
     assert pod.returncode == 0, pod.stderr[-3000:]
     return run_id

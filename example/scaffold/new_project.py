@@ -200,10 +200,8 @@ def run_commands(plan: Plan, variant: str) -> list[str]:
     commands = [f"make docker-images   # once: the dependency image {plan.image}"]
     if variant == "k8s":
         commands += [
-            f"# edit kube-context and repository-uri in {project}/kubernetes_config.json",
-            "KUBE_MLFLOW_TRACKING_URI=http://<tracking server as the pod sees it> \\",
-            f"  mlflow run --backend kubernetes --backend-config "
-            f"{project}/kubernetes_config.json {project}",
+            f"make run-k8s K8S_PROJECT={project} REGISTRY=... KUBE_CONTEXT=... "
+            "TRACKING_URI=http://...",
             "# or the same image in local Docker:",
         ]
     return [*commands, f"{DOCKER_RUN} {project}"]

@@ -21,6 +21,8 @@ UI_PORT ?= 5000
 PYTEST_ARGS ?=
 VARIANTS ?= conda
 TEMPLATE ?= pytorch
+TRIALS ?= 8
+PARALLEL ?= 2
 
 # Containers: the official python:3.11-slim, unless only the stand-in that `make base-image`
 # builds from Debian packages (where Docker Hub is out of reach) is present.
@@ -40,7 +42,7 @@ KUBE_TRACKING_URI ?= $(TRACKING_URI)
 REGISTRY_PORT ?= 5050
 STATE := $(CURDIR)/.run
 
-.PHONY: help setup run ui test lint benchmark clean new-project validate store docker-check \
+.PHONY: help setup run ui test lint benchmark clean sweep new-project validate store docker-check \
 	docker-images run-docker run-k8s registry registry-stop base-image
 
 help: ## List the targets
@@ -81,6 +83,12 @@ benchmark: setup ## Time the MNIST recipe against the pytorch/examples reference
 
 clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 	rm -rf mlflow.db mlruns
+
+sweep: setup ## Optuna sweep of projects/mnist-conda: TRIALS trials, PARALLEL at a time; best -> MODEL (mnist)
+	$(SAY_STORE)
+	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run projects/mnist-sweep \
+	  --env-manager $(ENV_MANAGER) -P trials=$(TRIALS) -P max_parallel=$(PARALLEL) \
+	  -P registered_model_name=$(or $(MODEL),mnist) $(RUN_ARGS)
 
 new-project: setup ## New project NAME=my-exp [VARIANTS="conda docker k8s"] [TEMPLATE=pytorch|sklearn]
 	@$(BIN)/python -m scaffold.new_project "$(NAME)" --variants "$(VARIANTS)" \

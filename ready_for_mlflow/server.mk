@@ -25,7 +25,7 @@ server: setup ## Start a local tracking server (SQL store, artifacts proxied to 
 server-stop: ## Stop what `make server` started
 	@$(SERVER_ENV) $(BIN)/python -m ready_for_mlflow.servers stop
 
-promote: setup ## Move alias champion to MODEL VERSION if it ranks better (by its ranking tags)
+promote: setup ## Evaluate MODEL VERSION on held-out data; move alias champion to it only if it passes its gate
 	@[ -n "$(MODEL)" ] && [ -n "$(VERSION)" ] || \
 	  { echo "make promote: set MODEL=<registered model name> VERSION=<version>" >&2; exit 2; }
 	$(SAY_STORE)

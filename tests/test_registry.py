@@ -1,20 +1,33 @@
 """The Model Registry: versions registered through project_tools.registry, and promotion on a
-real tracking server (`champion` moves only to a version that ranks better by its own tags)."""
+real tracking server: `champion` moves only to a version that passes its evaluation gate
+(ready_for_mlflow/gates.py: mlflow.models.evaluate on held-out data, MLflow's validation
+thresholds)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.entities import Run
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.dummy import DummyRegressor
+from sklearn.linear_model import ElasticNet
+from sklearn.metrics import root_mean_squared_error
 
+from data_loader import load_diabetes_split
 from project_tools.registry import register_candidate
+from ready_for_mlflow.evaluation import EVALUATION_RUN_TAG
+from ready_for_mlflow.promote import Refused
+from ready_for_mlflow.promote import promote as promote_version
 from ready_for_mlflow.servers import TrackingServer, client_env
-from tests.helpers.commands import make
+from scaffold.layout import PROJECTS
+from tests.helpers.artifacts import TrainedModel
+from tests.helpers.commands import make, mlflow_run
 
 pytestmark = pytest.mark.server
 
@@ -48,7 +61,7 @@ def promote(server: TrackingServer, *args: str) -> subprocess.CompletedProcess[s
         env=client_env(server.url),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
 
@@ -69,48 +82,130 @@ def test_register_candidate_tags_metrics_and_ranking(server_client: MlflowClient
     }
 
 
-def test_champion_moves_only_on_a_better_metric(
-    tracking_server: TrackingServer, server_client: MlflowClient
+def add_elasticnet(name: str, alpha: float) -> str:
+    """An ElasticNet on the diabetes split, registered the way elasticnet-docker registers it."""
+    x_train, x_test, y_train, y_test = load_diabetes_split()
+    model = ElasticNet(alpha=alpha, l1_ratio=0.1, random_state=42, max_iter=10_000)
+    predicted = model.fit(x_train, y_train).predict(x_test)
+    rmse = root_mean_squared_error(y_test, predicted)
+    with mlflow.start_run():
+        signature = infer_signature(x_test, predicted)
+        uri = mlflow.sklearn.log_model(model, name="model", signature=signature).model_uri
+    return register_candidate(uri, name, {"rmse": rmse}, "rmse", False)
+
+
+def evaluation_run(client: MlflowClient, name: str, version: str) -> Run:
+    tag = client.get_model_version(name, version).tags[EVALUATION_RUN_TAG]
+    return client.get_run(tag)
+
+
+def test_mnist_gate_promotes_a_good_candidate_and_refuses_a_weak_one(
+    tracking_server: TrackingServer,
+    server_client: MlflowClient,
+    trained_mnist: TrainedModel,
+    tmp_path: Path,
 ) -> None:
-    scores = [0.90, 0.95, 0.93, 0.95]
-    v1, v2, v3, v4 = (
-        add_version("promote-accuracy", {"test_accuracy": s}, "test_accuracy", True) for s in scores
+    """The default-trained model passes the floor (no champion yet); one short epoch at a bad
+    learning rate is refused with the threshold and both values, and the champion stays."""
+    trained = server_client.get_model_version(trained_mnist.name, trained_mnist.version)
+    good = register_candidate(
+        trained.source, "gate-mnist", {"test_accuracy": 0.98}, "test_accuracy", True
     )
-    first = promote(tracking_server, "promote-accuracy", v1)
-    assert first.returncode == 0, first.stderr
-    assert "promoted promote-accuracy version 1 to champion" in first.stdout
-    assert champion(server_client, "promote-accuracy") == v1
+    promoted = promote(tracking_server, "gate-mnist", good)
+    assert promoted.returncode == 0, promoted.stderr
+    assert promoted.stdout.startswith(f"promoted gate-mnist version {good} to champion: ")
+    assert "meets the floor 0.97; there was no champion" in promoted.stdout
 
-    better = promote(tracking_server, "promote-accuracy", v2)
-    assert "0.9500 beats 0.9000 of version 1" in better.stdout
-    assert champion(server_client, "promote-accuracy") == v2
+    # One short epoch (few, large batches) at a learning rate far too small to learn.
+    short_and_bad = {"epochs": 1, "batch_size": 512, "learning_rate": 1e-5}
+    env = client_env(tracking_server.url)
+    del env["MLFLOW_EXPERIMENT_ID"]  # server_client's; `mlflow run` is given --experiment-name
+    weak = mlflow_run(
+        PROJECTS / "mnist-conda",
+        tracking_server.url,
+        short_and_bad | {"registered_model_name": "gate-mnist"},
+        experiment="gate",
+        env=env,
+    )
+    assert weak.returncode == 0, weak.stderr[-3000:]
+    weak_version = server_client.get_model_version_by_alias("gate-mnist", "candidate").version
+    champion_evaluation = evaluation_run(server_client, "gate-mnist", good)
+    good_accuracy = champion_evaluation.data.metrics["accuracy_score"]
 
-    for worse_or_tie in (v3, v4):
-        kept = promote(tracking_server, "promote-accuracy", worse_or_tie)
-        assert kept.returncode == 0, kept.stderr
-        assert f"kept champion at promote-accuracy version {v2}" in kept.stdout
-        assert champion(server_client, "promote-accuracy") == v2
+    refused = promote(tracking_server, "gate-mnist", weak_version)
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    reason = refused.stderr.strip()
+    assert reason.startswith(
+        f"promote: error: gate-mnist version {weak_version} failed validation "
+        f"(kept champion at version {good}): "
+    )
+    weak_accuracy = evaluation_run(server_client, "gate-mnist", weak_version).data.metrics[
+        "accuracy_score"
+    ]
+    assert weak_accuracy < 0.97
+    assert (
+        f"value threshold check failed: candidate model accuracy_score = {weak_accuracy:.4g}, "
+        "accuracy_score threshold = 0.97." in reason
+    )
+    assert f"baseline model accuracy_score = {good_accuracy:.4g}" in reason
+    assert champion(server_client, "gate-mnist") == good
+    # The champion's evaluation on the same data was reused, not repeated.
+    assert evaluation_run(server_client, "gate-mnist", good).info.run_id == (
+        champion_evaluation.info.run_id
+    )
+
+    run = champion_evaluation
+    assert run.info.status == "FINISHED"
+    assert good_accuracy >= 0.97
+    assert run.data.tags["model_name"] == "gate-mnist"
+    assert run.data.tags["model_version"] == good
+    assert run.data.tags["model_id"] == trained.source.removeprefix("models:/")
+    assert run.data.tags["model_run_id"] == trained_mnist.run_id
+    assert [item.dataset.name for item in run.inputs.dataset_inputs] == ["mnist-test-digits"]
+    assert [item.model_id for item in run.inputs.model_inputs] == [run.data.tags["model_id"]]
+    artifacts = {item.path for item in server_client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "per_class_metrics.csv"} <= artifacts
+    per_class = server_client.download_artifacts(
+        run.info.run_id, "per_class_metrics.csv", str(tmp_path)
+    )
+    assert len(Path(per_class).read_text().strip().splitlines()) == 1 + 10  # header, 10 digits
 
 
-def test_make_promote_ranks_lower_is_better_without_flags(
+def test_make_promote_gates_a_lower_is_better_metric(
     tracking_server: TrackingServer, server_client: MlflowClient
 ) -> None:
-    """An rmse-ranked model (elasticnet's way) through `make promote`, which prints its store."""
-    v1 = add_version("promote-rmse", {"rmse": 60.0}, "rmse", False)
-    v2 = add_version("promote-rmse", {"rmse": 55.0}, "rmse", False)
-    for version in (v1, v2):
-        result = make(
-            "-o",
-            "setup",
-            "promote",
-            "MODEL=promote-rmse",
-            f"VERSION={version}",
-            f"TRACKING_URI={tracking_server.url}",
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith(f"Tracking store: {tracking_server.url}\n")
-    assert "rmse 55.0000 beats 60.0000 of version 1" in result.stdout
-    assert champion(server_client, "promote-rmse") == v2
+    """rmse-ranked models (elasticnet's way): the first needs only the floor (through `make
+    promote`, which prints its store), a better one moves the champion, one not better by the
+    minimum improvement does not (the same code in this process, which saves the imports)."""
+    first, better, marginal = (
+        add_elasticnet("gate-rmse", alpha) for alpha in (0.003, 0.001, 0.0001)
+    )
+    result = make(
+        "-o",
+        "setup",
+        "promote",
+        "MODEL=gate-rmse",
+        f"VERSION={first}",
+        f"TRACKING_URI={tracking_server.url}",
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Tracking store: {tracking_server.url}\n")
+    assert "root_mean_squared_error 55.3303 meets the floor 60; there was no champion" in (
+        result.stdout
+    )
+    moved = promote_version(server_client, "gate-rmse", better)
+    assert "53.2149 meets the floor 60 and beats 55.3303 of version 1 by at least 0.1" in moved
+    with pytest.raises(Refused) as refused:
+        promote_version(server_client, "gate-rmse", marginal)
+    reason = str(refused.value)
+    assert "minimum absolute change check failed: candidate model root_mean_squared_error = " in (
+        reason
+    )
+    assert "baseline model root_mean_squared_error = 53.2149" in reason
+    assert "root_mean_squared_error minimum absolute change threshold = 0.1." in reason
+    assert champion(server_client, "gate-rmse") == better
 
 
 def test_promote_errors_are_one_line(
@@ -122,10 +217,16 @@ def test_promote_errors_are_one_line(
     server_client.create_model_version(
         "promote-untagged", f"{run.info.artifact_uri}/model", run_id=run.info.run_id
     )
+    add_version("promote-ungated", {"f1": 0.5}, "f1", True)
     for args, message in [
         (["promote-missing", "1"], "no version '1' of registered model 'promote-missing'"),
         (["promote-untagged", "1"], "version 1 of 'promote-untagged' has no 'ranking_metric'"),
         (["promote-untagged"], "the following arguments are required: version"),
+        (
+            ["promote-ungated", "1"],
+            "is ranked by 'f1', which has no evaluation gate: add one to "
+            "ready_for_mlflow/gates.py (gates: rmse, test_accuracy)",
+        ),
     ]:
         result = promote(tracking_server, *args)
         assert result.returncode == 2, result.stderr

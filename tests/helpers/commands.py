@@ -57,11 +57,16 @@ def mlflow_run(
 
 
 def only_run(tracking_uri: str, experiment: str = "tests") -> Run:
-    """The single run that a test's `mlflow run` recorded in ``experiment``."""
+    """The single top-level run that a test's `mlflow run` recorded in ``experiment`` (a
+    sweep's trials, nested under it by ``mlflow.parentRunId``, are not counted)."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"mlflow run created no experiment {experiment!r}"
-    runs = client.search_runs([found.experiment_id])
+    runs = [
+        run
+        for run in client.search_runs([found.experiment_id])
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
     assert len(runs) == 1, f"expected one run, found {len(runs)}"
     return runs[0]
 

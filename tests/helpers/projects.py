@@ -73,7 +73,9 @@ def assert_smoke_run(project: Path, tracking_uri: str) -> float:
     if "--build-image" in config.get("run_args", []):
         image = run.data.tags["mlflow.docker.image.uri"]
         assert image.startswith(f"{project.name}"), image
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    # A sweep's run points at its best trial's model; any other run logged its own.
+    model_uri = run.data.tags.get("best_model_uri", f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(model_uri)
     score = HELDOUT[config["heldout"]](model)
     assert score >= config["min_score"], f"held-out {config['heldout']} score {score:.3f}"
     return score

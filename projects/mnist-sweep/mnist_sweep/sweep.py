@@ -1,0 +1,213 @@
+"""Search hyperparameters with Optuna; each trial is an MLflow project run nested under this one.
+
+    mlflow run --env-manager local projects/mnist-sweep -P trials=8 -P max_parallel=2
+    (or: make sweep TRIALS=8 PARALLEL=2)
+
+This run is the parent. Optuna's TPE sampler proposes a learning rate, a batch size and a
+number of epochs for each trial; the trial runs ``project`` (default ``../mnist-conda``,
+relative to this folder) through ``mlflow.projects.run`` on the backend asked for, up to
+``max_parallel`` trials at a time. Environments and images are built once, before the first
+trial (trials.py). A failed trial is recorded as FAILED and the search goes on; the search
+fails only when every trial failed. Ctrl-C (or SIGTERM) cancels the running trials and marks
+them KILLED. At the end the parent run holds the best trial, its params and metric, and the
+search history as a table and a plot; with ``registered_model_name`` the best trial's model is
+registered with the alias ``candidate``. Values are checked before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from project_tools.cli import OneLineParser, boolean, fail, model_name, number
+
+from . import BACKENDS, ENV_MANAGERS
+
+if TYPE_CHECKING:  # heavy imports wait until the values are checked
+    from mlflow.entities import Run
+
+    from .search import Search, Trial
+
+PROG = "mnist_sweep.sweep"
+GOALS = ("maximize", "minimize")
+SEARCHED = ("learning_rate", "batch_size", "epochs")
+PROJECT_ENV_TAG = "mlflow.project.env"
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def key_values(text: str) -> dict[str, str]:
+    """An argparse type: ``"key=value key=value"`` (shell quoting allowed), or ""."""
+    pairs = {}
+    for item in shlex.split(text):
+        key, sep, value = item.partition("=")
+        if not key or not sep:
+            raise argparse.ArgumentTypeError(f"expected key=value items, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+def docker_args(text: str) -> dict[str, str | bool]:
+    """An argparse type: what ``mlflow run -A`` takes, e.g. ``"network=host v=/a:/a"``; a bare
+    name is a flag."""
+    return {
+        key: value if sep else True
+        for key, sep, value in (item.partition("=") for item in shlex.split(text))
+    }
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in choices:
+            shown = ", ".join(choice or repr(choice) for choice in choices)
+            raise argparse.ArgumentTypeError(f"expected one of {shown}, got {text!r}")
+        return text
+
+    return convert
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--trials", type=number(int, 1), default=8)
+    add("--max-parallel", type=number(int, 1), default=2)
+    add("--project", default="../mnist-conda", help="the MLflow project each trial runs")
+    add("--metric", default="val_accuracy", help="the trial metric the search optimizes")
+    add("--goal", type=one_of(*GOALS), default="maximize")
+    add("--learning-rate-min", type=number(float, 0, open_low=True), default=1e-4)
+    add("--learning-rate-max", type=number(float, 0, open_low=True), default=1e-2)
+    add("--batch-size-min", type=number(int, 1), default=32)
+    add("--batch-size-max", type=number(int, 1), default=256)
+    add("--epochs-min", type=number(int, 1), default=1)
+    add("--epochs-max", type=number(int, 1), default=5)
+    add("--trial-params", type=key_values, default={}, help="fixed params of every trial")
+    add("--env-manager", type=one_of("", *ENV_MANAGERS), default="", help="'': the sweep's own")
+    add("--backend", type=one_of(*BACKENDS), default="local")
+    add("--backend-config", default="", help="kubernetes_config.json for backend kubernetes")
+    add("--build-image", type=boolean, default=False, help="docker_env: build the image once")
+    add("--docker-args", type=docker_args, default={}, help="what `mlflow run -A` takes")
+    add("--seed", type=number(int, 0, 2**32 - 1), default=42, help="seeds the sampler")
+    add("--registered-model-name", type=model_name, default="", help="register the best model")
+    add("--ranking-metric", default="test_accuracy", help="the registered version's ranking")
+    args = parser.parse_args(argv)
+    for name in SEARCHED:
+        low, high = getattr(args, f"{name}_min"), getattr(args, f"{name}_max")
+        if low > high:
+            parser.error(f"{name}_min {low:g} is above {name}_max {high:g}")
+    if fixed := sorted(set(SEARCHED) & set(args.trial_params)):
+        parser.error(f"trial_params sets {', '.join(fixed)}, which the search sets")
+    return args
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (what `mlflow run` sends its command when it is interrupted) raise
+    KeyboardInterrupt once; after that both are ignored, so that the trials can be stopped
+    without a second signal cutting that short."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def trial_env_manager(asked: str, tags: dict[str, str]) -> str:
+    """The env manager asked for, else the one the sweep itself runs with (local when it runs
+    in Docker or outside `mlflow run`)."""
+    manager = asked or tags.get(PROJECT_ENV_TAG, "local")
+    return manager if manager in ENV_MANAGERS else "local"
+
+
+def search_and_record(
+    args: argparse.Namespace, run: Run, workdir: Path, started: list[Search]
+) -> Trial:
+    """Prepare the trials, run the search, and record it on ``run``; return the best trial.
+
+    The Search is appended to ``started`` as soon as it exists, so that an interruption can
+    stop its trials.
+    """
+    from .history import log_best, log_history, register_best
+    from .search import Search
+    from .trials import prepare
+
+    a_trial = {name: getattr(args, f"{name}_min") for name in SEARCHED}
+    target = prepare(
+        args.project,
+        args.trial_params | a_trial,
+        args.backend,
+        trial_env_manager(args.env_manager, run.data.tags),
+        args.build_image,
+        args.backend_config,
+        args.docker_args,
+        run.info.run_id,
+        workdir / "pinned",
+    )
+    (workdir / "logs").mkdir()
+    search = Search(args, target, run, workdir / "logs")
+    started.append(search)
+    trials = search.run()
+    log_history(trials, args.metric, args.goal == "maximize")
+    best = search.best()
+    model_uri = log_best(best)
+    if args.registered_model_name:
+        maximize = args.goal == "maximize"
+        register_best(best, model_uri, args.registered_model_name, args.ranking_metric, maximize)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    import mlflow
+
+    from project_tools.registry import RegistryError
+
+    from .history import RegisterError
+    from .search import AllTrialsFailed
+    from .trials import TrialSetupError
+
+    started: list[Search] = []  # the Search, once it exists
+
+    def end(status: str) -> None:
+        """End the sweep's run with ``status``, its trials' runs too (stopped when KILLED)."""
+        for search in started:
+            if status == "KILLED":
+                search.stop()
+            search.end_orphans("KILLED" if status == "KILLED" else "FAILED")
+        mlflow.end_run(status)
+
+    with interruptible(), tempfile.TemporaryDirectory(prefix="sweep-") as workdir:
+        run = mlflow.get_run(mlflow.start_run().info.run_id)
+        try:
+            best = search_and_record(args, run, Path(workdir), started)
+        except KeyboardInterrupt:
+            end("KILLED")
+            print(f"{PROG}: interrupted: the running trials were stopped and marked KILLED")
+            return 130
+        except (TrialSetupError, AllTrialsFailed, RegisterError, RegistryError) as exc:
+            end("FAILED")
+            fail(PROG, str(exc), 1)
+        except Exception:
+            end("FAILED")
+            raise
+        end("FINISHED")
+    print(f"Best: trial {best.number}, run {best.run_id}, {args.metric} {best.value:.4f}")
+    print(f"Sweep run id: {run.info.run_id}  Tracking store: {mlflow.get_tracking_uri()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Hyperparameter sweeps: projects/mnist-sweep, whose trials are MLflow project runs nested
+under the sweep's run (locally, in Docker, as Kubernetes Jobs).
+
+The MNIST sweep and the Ctrl-C case run `mlflow run projects/mnist-sweep` as a user does; the
+MNIST one trains for real (tiny trials). The other cases run the sweep's main in this process
+over a stand-in trial project that takes a second (tests/helpers/sweeps.py); their trials are
+`mlflow run` processes all the same. The Kubernetes case renders each trial's Job with MLflow's
+own code, as tests/test_kubernetes.py does, with a stand-in for the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnist_sweep import sweep
+from scaffold.layout import KUBERNETES_VERSION, PROJECTS
+from tests.helpers.commands import assert_one_line_error
+from tests.helpers.components import require_docker_image
+from tests.helpers.kubernetes import container_of, kube_config, render
+from tests.helpers.sweeps import (
+    FAKE_DIGEST,
+    PARENT_TAG,
+    StandInCluster,
+    container_env,
+    interrupted_sweep,
+    pid_alive,
+    run_sweep,
+    stand_in_score,
+    sweep_here,
+    sweep_runs,
+    write_stand_in_project,
+)
+
+# One-epoch trials of projects/mnist-conda, seconds each.
+TINY = {
+    "epochs_max": 1,
+    "batch_size_min": 128,
+    "batch_size_max": 256,
+    "learning_rate_min": 1e-3,
+    "learning_rate_max": 5e-3,
+    "trial_params": "seed=7",
+}
+
+
+def test_sweep_of_tiny_mnist_trials(tracking_uri: str, tmp_path: Path) -> None:
+    """4 trials, 2 at a time: 4 FINISHED children under one parent that records the best one,
+    whose model becomes the `candidate` version."""
+    params = {"trials": 4, "max_parallel": 2, "registered_model_name": "sweep-mnist", **TINY}
+    result = run_sweep(tracking_uri, "sweep", params, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sweep_runs(tracking_uri, "sweep")
+    parent, children = runs.parent, runs.children
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4
+    assert {child.info.status for child in children} == {"FINISHED"}
+    assert {child.info.run_name for child in children} == {f"trial-{n}" for n in range(4)}
+
+    best = max(children, key=lambda child: child.data.metrics["val_accuracy"])
+    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    for name in ("learning_rate", "batch_size", "epochs"):
+        assert float(parent.data.params[f"best_{name}"]) == float(best.data.params[name])
+    assert parent.data.metrics["trials_finished"] == 4
+
+    client = MlflowClient(tracking_uri)
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
+    assert {"search_history.json", "search_history.png"} <= artifacts
+    table = json.loads(
+        Path(
+            client.download_artifacts(parent.info.run_id, "search_history.json", str(tmp_path))
+        ).read_text()
+    )
+    history = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert [row["trial"] for row in history] == [0, 1, 2, 3]
+    assert {row["state"] for row in history} == {"FINISHED"}
+    best_artifacts = {item.path for item in client.list_artifacts(best.info.run_id)}
+    assert f"{best.info.run_name}.log" in best_artifacts
+
+    candidate = client.get_model_version_by_alias("sweep-mnist", "candidate")
+    assert candidate.run_id == best.info.run_id
+    assert candidate.tags["ranking_metric"] == "test_accuracy"
+    assert float(candidate.tags["val_accuracy"]) == pytest.approx(best.data.metrics["val_accuracy"])
+    assert "Registered 'sweep-mnist' version 1 with alias 'candidate'" in result.stderr
+
+
+def stand_in(tmp_path: Path, behaviour: str, trials: int, parallel: int) -> dict[str, object]:
+    """Sweep params over the stand-in project, every trial told ``behaviour``."""
+    project = write_stand_in_project(tmp_path / "stand-in")
+    return {
+        "project": project,
+        "trials": trials,
+        "max_parallel": parallel,
+        "trial_params": f"behaviour={behaviour}",
+    }
+
+
+def test_a_failed_trial_leaves_the_sweep_finished(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    assert sweep_here(stand_in(tmp_path, "fail-first", 2, 2), tmp_path, monkeypatch) == 0
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FINISHED"
+    statuses = sorted(child.info.status for child in runs.children)
+    assert statuses == ["FAILED", "FINISHED"]
+    (failed,) = [child for child in runs.children if child.info.status == "FAILED"]
+    assert "FAILED: stand-in trial: forced failure" in capsys.readouterr().out
+    log = MlflowClient(tracking_uri).download_artifacts(
+        failed.info.run_id, f"{failed.info.run_name}.log", str(tmp_path)
+    )
+    assert "forced failure" in Path(log).read_text()
+    assert runs.parent.data.metrics["trials_failed"] == 1
+    finished = [child for child in runs.children if child.info.status == "FINISHED"]
+    best = max(child.data.metrics["val_accuracy"] for child in finished)
+    assert runs.parent.data.metrics["best_val_accuracy"] == best
+
+
+def test_the_sweep_fails_only_when_every_trial_failed(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    assert sweep_here(stand_in(tmp_path, "fail", 2, 2), tmp_path, monkeypatch) == 1
+    err = capsys.readouterr().err.splitlines()
+    (reason,) = [line for line in err if line.startswith("mnist_sweep.sweep: error:")]
+    assert reason.startswith("mnist_sweep.sweep: error: all 2 trials failed; the first: trial")
+    assert reason.endswith("stand-in trial: forced failure")
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FAILED"
+    assert [child.info.status for child in runs.children] == ["FAILED", "FAILED"]
+
+
+def test_ctrl_c_kills_the_trials(tracking_uri: str, tmp_path: Path) -> None:
+    params = stand_in(tmp_path, "wait", 4, 2)
+    with interrupted_sweep(tracking_uri, "sweep", params, tmp_path / "stand-in") as process:
+        output = process.stdout.read()
+    assert process.returncode != 0
+    assert "the running trials were stopped and marked KILLED" in output, output[-3000:]
+    runs = sweep_runs(tracking_uri, "sweep")
+    # The sweep ends its run KILLED, then `mlflow run`, interrupted too, marks it FAILED: its
+    # check for a run ended already compares the status string with RunStatus numbers
+    # (mlflow.projects._maybe_set_run_terminated), so it always overwrites.
+    assert runs.parent.info.status in ("KILLED", "FAILED"), output[-3000:]
+    assert [child.info.status for child in runs.children] == ["KILLED", "KILLED"]
+    pids = [int(path.name) for path in (tmp_path / "stand-in" / "pids").iterdir()]
+    assert not [pid for pid in pids if pid_alive(pid)], "a trial process outlived Ctrl-C"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs-min", "3", "--epochs-max", "2"], "epochs_min 3 is above epochs_max 2"),
+        (["--trial-params", "epochs=2"], "trial_params sets epochs, which the search sets"),
+        (["--trial-params", "seed"], "expected key=value items, got 'seed'"),
+        (["--backend", "slurm"], "expected one of local, kubernetes, got 'slurm'"),
+        (["--max-parallel", "0"], "expected an integer >= 1, got '0'"),
+    ],
+)
+def test_bad_values_are_one_line(argv: list[str], message: str, capsys) -> None:
+    assert_one_line_error(sweep.parse_args, argv, message, lambda: capsys.readouterr().err)
+
+
+K8S = PROJECTS / "mnist-k8s"
+
+
+def test_kubernetes_trials_are_the_jobs_mlflow_renders(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backend kubernetes with build_image: one image built and pushed before the trials, then
+    each trial a Job rendered by MLflow from mnist-k8s's template, exactly as
+    tests/helpers/kubernetes.render renders it, running that image."""
+    monkeypatch.setenv("KUBE_MLFLOW_TRACKING_URI", "http://mlflow-tracking.mlflow.svc")
+    params = {
+        "project": K8S,
+        "backend": "kubernetes",
+        "backend_config": K8S / "kubernetes_config.json",
+        "build_image": "true",
+        "trials": 3,
+        "max_parallel": 2,
+        "epochs_max": 1,
+        "trial_params": "seed=7",
+    }
+    with StandInCluster(tracking_uri).installed() as cluster:
+        assert sweep_here(params, tmp_path, monkeypatch) == 0
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FINISHED"
+    assert len(runs.children) == 3 and len(cluster.jobs) == 3
+    assert [build["build"] for build in cluster.builds] == [True, False, False, False]
+    image = cluster.pushes[0]
+    assert image.startswith(kube_config(K8S)["repository-uri"] + ":")
+    assert all(build["base_image"] == image for build in cluster.builds[1:])
+
+    children = {child.info.run_id: child for child in runs.children}
+    for job in cluster.jobs:
+        kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+        run_id = container_env(job)["MLFLOW_RUN_ID"]
+        child = children[run_id]
+        assert child.data.tags[PARENT_TAG] == runs.parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert container_of(job)["image"] == f"{image}@{FAKE_DIGEST}"
+        given = {key: child.data.params[key] for key in ("learning_rate", "batch_size", "seed")}
+        expected = render(
+            K8S,
+            given | {"epochs": 1},
+            image,
+            FAKE_DIGEST,
+            run_id,
+            child.info.experiment_id,
+            tmp_path,
+        )
+        expected["metadata"]["name"] = job["metadata"]["name"]  # a timestamp
+        assert job == expected, json.dumps(job, indent=1)[:3000]
+    best = max(runs.children, key=lambda child: child.data.metrics["val_accuracy"])
+    assert runs.parent.data.metrics["best_val_accuracy"] == stand_in_score(
+        float(best.data.params["learning_rate"])
+    )
+    assert runs.parent.data.tags["best_run_id"] == best.info.run_id
+
+
+@pytest.mark.uv
+def test_uv_environment_is_built_once_before_the_trials(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """env_manager uv: the sweep builds the trial project's environment where `mlflow run`
+    looks for it, before any trial; each trial's `mlflow run` then finds it there."""
+    envs = tmp_path / "envs"
+    monkeypatch.setenv("MLFLOW_ENV_ROOT", str(envs))
+    project = write_stand_in_project(tmp_path / "stand-in-uv", conda=True)
+    params = {"project": project, "env_manager": "uv", "trials": 2, "max_parallel": 2}
+    assert sweep_here(params, tmp_path, monkeypatch) == 0
+    assert capsys.readouterr().out.count("Building the uv environment of") == 1
+    assert len(list(envs.iterdir())) == 1
+    runs = sweep_runs(tracking_uri, "sweep")
+    client = MlflowClient(tracking_uri)
+    for child in runs.children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.project.env"] == "uv"
+        log = client.download_artifacts(
+            child.info.run_id, f"{child.info.run_name}.log", str(tmp_path)
+        )
+        assert "already exists" in Path(log).read_text()  # MLflow's words for "not rebuilt"
+
+
+@pytest.mark.docker
+def test_docker_trials_share_one_image_built_before_them(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """build_image: the image (the project on its docker_env image) is built once, for the
+    sweep's run, and every trial runs in it. The stand-in project runs on the scikit-learn
+    dependency image, which has mlflow."""
+    base = require_docker_image(PROJECTS / "elasticnet-docker")
+    project = write_stand_in_project(tmp_path / "stand-in-docker", image=base)
+    mlruns = tmp_path / "mlruns"  # MLflow's Docker backend mounts only the run's own folder
+    params = {
+        "project": project,
+        "build_image": "true",
+        "docker_args": f"network=host v={mlruns}:{mlruns}",
+        "trials": 2,
+        "max_parallel": 2,
+    }
+    try:
+        assert sweep_here(params, tmp_path, monkeypatch) == 0
+    finally:  # the image built for the stand-in project, not needed again
+        subprocess.run(["docker", "rmi", "stand-in-trial"], capture_output=True, check=False)
+    assert capsys.readouterr().out.count("Building the image of") == 1
+    runs = sweep_runs(tracking_uri, "sweep")
+    image = runs.parent.data.tags["mlflow.docker.image.uri"]
+    assert image.startswith("stand-in-trial")
+    assert [child.info.status for child in runs.children] == ["FINISHED", "FINISHED"]
+    for child in runs.children:
+        assert child.data.tags["mlflow.docker.image.uri"] == image
+        assert child.data.tags["mlflow.project.env"] == "docker"
+        assert child.data.tags["mlflow.source.name"] == str(project)
+        assert "val_accuracy" in child.data.metrics

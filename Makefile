@@ -78,8 +78,9 @@ lint: setup ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-benchmark: setup ## Time the MNIST recipe against the pytorch/examples reference
+benchmark: setup ## Time the MNIST recipe against the pytorch/examples reference, and DDP throughput
 	$(BIN)/python -m benchmarks.mnist_recipes
+	$(BIN)/python -m benchmarks.ddp_throughput
 
 clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 	rm -rf mlflow.db mlruns

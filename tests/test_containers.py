@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scaffold.layout import PROJECTS, ROOT
 from tests.helpers.commands import make, one_line_reason
@@ -17,7 +18,9 @@ from tests.helpers.projects import project_dirs
 AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}")
 AWS_SECRET = re.compile(r"aws_secret_access_key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}", re.IGNORECASE)
 PIN = re.compile(r"^\s*-?\s*([A-Za-z0-9_.\-\[\]]+)==([^\s\\]+)", re.MULTILINE)
-DOCKER_PROJECTS = [p for p in project_dirs() if "docker_env" in (p / "MLproject").read_text()]
+DOCKER_PROJECTS = [
+    p for p in project_dirs() if "docker_env" in yaml.safe_load((p / "MLproject").read_text())
+]
 
 
 def pins(text: str) -> dict[str, str]:

@@ -58,6 +58,10 @@ def pod_command(job: dict, index: int, master_port: int) -> list[str]:
         hostname,
         "--add-host",
         f"{rank_zero}:127.0.0.1",
+        "--add-host",  # a pod's own names are in its /etc/hosts, as the kubelet writes it
+        f"{hostname}:127.0.0.1",
+        "--add-host",
+        f"{hostname}.{pod_spec['subdomain']}:127.0.0.1",
         "-e",
         f"JOB_COMPLETION_INDEX={index}",
         "-e",

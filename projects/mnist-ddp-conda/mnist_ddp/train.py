@@ -194,10 +194,15 @@ def run_rank(args: argparse.Namespace) -> int:
             digits = load_data(args, ranks)
         except (IDXFormatError, MNISTNotFoundError, MNISTDownloadError) as exc:
             return fail(ranks.rank, exc, 2)
-        if ranks.rank != 0:
+        if ranks.rank == 0:
+            status = record_rank_zero(args, ranks, device, backend, digits)
+        else:
             train_and_test(args, ranks, device, digits)
-            return 0
-        return record_rank_zero(args, ranks, device, backend, digits)
+            status = 0
+        # Leave together: a rank that tears gloo down while rank 0 still logs the model can
+        # abort ("terminate called without an active exception").
+        dist.barrier()
+        return status
     finally:
         dist.destroy_process_group()
 

@@ -26,7 +26,13 @@ from scaffold.layout import KUBERNETES_VERSION, PROJECTS, ROOT
 from tests.helpers.commands import make, one_line_reason
 from tests.helpers.components import require_docker
 from tests.helpers.heldout import mnist_accuracy
-from tests.helpers.kubernetes import container_of, kube_config, render, run_job_in_docker
+from tests.helpers.kubernetes import (
+    container_of,
+    kube_config,
+    least_privilege_problems,
+    render,
+    run_job_in_docker,
+)
 
 K8S = PROJECTS / "mnist-k8s"
 SMOKE = yaml.safe_load((K8S / "smoke.yaml").read_text())["parameters"]
@@ -38,6 +44,10 @@ SECRET_REFS = {
     "MLFLOW_TRACKING_PASSWORD": "mlflow-tracking-credentials",
 }
 DEPLOY = ROOT / "ready_for_mlflow" / "deploy"
+JOB_TEMPLATES = [
+    *sorted(PROJECTS.glob("*/kubernetes_job_template.yaml")),
+    ROOT / "example" / "project" / "k8s" / "kubernetes_job_template.yaml",
+]
 
 
 def render_smoke_job(storage: Path, experiment_id: str = "7") -> dict:
@@ -184,3 +194,28 @@ def test_deploy_runs_postgresql_s3_basic_auth_with_secrets() -> None:
     secrets = [d for d in deploy_documents() if d["kind"] == "Secret"]
     uris = [s.get("stringData", {}).get("backend-store-uri", "") for s in secrets]
     assert any(uri.startswith("postgresql+psycopg2://") for uri in uris), uris
+
+
+@pytest.mark.parametrize("template", JOB_TEMPLATES, ids=lambda p: p.parent.name)
+def test_job_templates_run_with_least_privilege(template: Path) -> None:
+    job = yaml.safe_load(template.read_text())
+    assert least_privilege_problems(job["spec"]["template"]["spec"]) == []
+
+
+def test_rendered_job_keeps_least_privilege_and_validates(tmp_path: Path) -> None:
+    """MLflow's rendering keeps the securityContext, and the schema accepts it; a root user
+    or an escalation is caught."""
+    job = render_smoke_job(tmp_path)
+    pod = job["spec"]["template"]["spec"]
+    assert least_privilege_problems(pod) == []
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod["securityContext"]["runAsNonRoot"] = False
+    container_of(job)["securityContext"]["allowPrivilegeEscalation"] = True
+    assert len(least_privilege_problems(pod)) == 2
+
+
+def test_deploy_pods_run_with_least_privilege() -> None:
+    pods = [d["spec"]["template"]["spec"] for d in deploy_documents() if d["kind"] == "Deployment"]
+    assert pods
+    for pod in pods:
+        assert least_privilege_problems(pod) == []

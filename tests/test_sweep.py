@@ -10,6 +10,8 @@ own code, as tests/test_kubernetes.py does, with a stand-in for the cluster.
 
 from __future__ import annotations
 
+import os
+
 import json
 import subprocess
 from pathlib import Path
@@ -257,7 +259,7 @@ def test_docker_trials_share_one_image_built_before_them(
     params = {
         "project": project,
         "build_image": "true",
-        "docker_args": f"network=host v={mlruns}:{mlruns}",
+        "docker_args": f"network=host v={mlruns}:{mlruns} user={os.getuid()}:{os.getgid()}",
         "trials": 2,
         "max_parallel": 2,
     }

@@ -135,3 +135,28 @@ def _run_job_in_docker(
     subprocess.run(["docker", "rmi", container["image"]], capture_output=True, check=False)
     assert pod.returncode == 0, pod.stderr[-3000:]
     return run_id
+
+
+def least_privilege_problems(pod: dict) -> list[str]:
+    """What a pod spec lacks of the hardening every manifest here sets: a non-root user, the
+    runtime's seccomp profile, no service-account token; per container no privilege
+    escalation and no capability."""
+    problems = []
+    context = pod.get("securityContext", {})
+    if context.get("runAsNonRoot") is not True:
+        problems.append("pod: runAsNonRoot is not true")
+    if context.get("runAsUser") == 0:
+        problems.append("pod: runAsUser is 0")
+    if context.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("pod: seccompProfile is not RuntimeDefault")
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append("pod: automountServiceAccountToken is not false")
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        security = container.get("securityContext", {})
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{container['name']}: allowPrivilegeEscalation is not false")
+        if security.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append(f"{container['name']}: capabilities are not dropped (drop: [ALL])")
+        if security.get("privileged"):
+            problems.append(f"{container['name']}: privileged")
+    return problems

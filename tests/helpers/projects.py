@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import subprocess
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def smoke_run(
         # MLflow mounts only the run's artifact folder; MLflow 3 writes the logged model
         # beside it, under the experiment's artifact root, so that is mounted too.
         artifacts = workdir / "mlruns"
-        run_args = [*run_args, "-A", f"v={artifacts}:{artifacts}"]
+        run_args = [*run_args, "-A", f"v={artifacts}:{artifacts}", "-A", f"user={os.getuid()}:{os.getgid()}"]
     return mlflow_run(
         project,
         tracking_uri,

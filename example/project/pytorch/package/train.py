@@ -17,6 +17,7 @@ import os
 import sys
 
 from project_tools.cli import OneLineParser, model_name, number
+from project_tools.docker_guard import require_kept_artifacts
 
 PROG = f"{__package__}.train"  # e.g. my_exp.train: the prefix of every error line
 VAL_FRACTION = 0.1  # share of the training digits held out to validate each epoch
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # a bad value stops here, in a second
+    require_kept_artifacts(PROG)  # a model that a container would lose: stop here
 
     import mlflow
     import torch

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from project_tools.cli import OneLineParser, model_name, number
+from project_tools.docker_guard import require_kept_artifacts
 
 PROG = f"{__package__}.train"  # e.g. my_exp.train: the prefix of every error line
 PIXELS = 28 * 28
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # a bad value stops here, in a second
+    require_kept_artifacts(PROG)  # a model that a container would lose: stop here
 
     import mlflow
     from mlflow.models import infer_signature

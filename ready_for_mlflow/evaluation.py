@@ -25,6 +25,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
 
 from data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist_arrays
+from predict.safety import load_model
 from ready_for_mlflow.gates import Gate
 
 EVALUATION_RUN_TAG = "evaluation_run_id"
@@ -121,7 +122,8 @@ def experiment_of(client: MlflowClient, version: ModelVersion) -> str:
 
 def evaluate(client: MlflowClient, version: ModelVersion, gate: Gate, data: Dataset) -> Evaluation:
     """Evaluate ``version`` on ``data`` in a new evaluation run linked to it."""
-    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    # Checked like `python -m predict`: no pickled code runs, skops and pt2 models load.
+    model = load_model(f"models:/{version.name}/{version.version}")
     model_id = logged_model_id(version)
     tags = {
         "model_name": version.name,

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from project_tools.cli import OneLineParser, fail
 from project_tools.registry import CHAMPION, RANKING_METRIC_TAG
+from project_tools.tracking import require_tracking_server
 from ready_for_mlflow.evaluation import HELDOUT, Evaluation, evaluate, recorded
 from ready_for_mlflow.gates import GATES, Gate
 
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="registered model name")
     parser.add_argument("version", help="the version to promote")
     args = parser.parse_args(argv)
+    require_tracking_server(PROG)
     quiet()
     try:
         print(promote(MlflowClient(), args.name, args.version))

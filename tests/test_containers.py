@@ -14,7 +14,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import mlflow.pyfunc
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -23,6 +22,7 @@ from ready_for_mlflow.servers import S3
 from scaffold.layout import PROJECTS, ROOT
 from tests.helpers.commands import make, mlflow_run, one_line_reason, only_run
 from tests.helpers.components import docker_image, require_docker_image
+from tests.helpers.heldout import load_model
 from tests.helpers.projects import project_dirs, smoke_config
 
 AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}")
@@ -166,7 +166,7 @@ def test_with_the_mount_the_model_is_kept(tracking_uri: str, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-3000:]
     run = only_run(tracking_uri)
     assert run.info.status == "FINISHED"
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.run_id == run.info.run_id
 
 

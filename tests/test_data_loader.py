@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,9 @@ from data_loader import (
     split_train_val,
     write_idx,
 )
+from ready_for_mlflow.servers import client_env
+from tests.helpers.commands import one_line_reason
+from tests.helpers.hostile import BOMB_IMAGES, run_limited, write_idx_bomb, write_labels
 
 IMAGES = "train-images-idx3-ubyte"
 LABELS = "train-labels-idx1-ubyte"
@@ -179,3 +185,125 @@ def test_diabetes_split() -> None:
     x_train, x_test, _, y_test = load_diabetes_split(test_fraction=0.25, seed=1)
     assert x_train.shape[1] == 10 and len(x_train) + len(x_test) == 442
     assert len(y_test) == len(x_test)
+
+
+def test_size_limit_names_the_file_and_how_to_raise_it(
+    tmp_path: Path, digits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_split(tmp_path, *digits, gz=True)  # 5 images: 3920 bytes of data
+    with pytest.raises(IDXFormatError, match=rf"{IMAGES}.gz: header says .* = 3,920 bytes, more "):
+        load_mnist(tmp_path, max_bytes=3919)
+    monkeypatch.setenv("DATA_LOADER_MAX_IDX_MB", "1")
+    assert len(load_mnist(tmp_path, max_bytes=3920)) == 5
+    assert len(load_mnist(tmp_path)) == 5
+    monkeypatch.setenv("DATA_LOADER_MAX_IDX_MB", "lots")
+    with pytest.raises(ValueError, match="DATA_LOADER_MAX_IDX_MB must be a whole number"):
+        load_mnist(tmp_path)
+
+
+def test_dimensions_whose_product_overflows(tmp_path: Path) -> None:
+    path = tmp_path / IMAGES
+    path.write_bytes(struct.pack(">HBB3I", 0, 8, 3, 2**32 - 1, 2**32 - 1, 2**32 - 1))
+    with pytest.raises(IDXFormatError, match=rf"{IMAGES}: header says \(4294967295, .* limit"):
+        read_idx(path, expected_ndim=3)
+
+
+def test_empty_and_one_image_splits(tmp_path: Path) -> None:
+    write_split(tmp_path, np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8))
+    with pytest.raises(IDXFormatError, match=rf"{IMAGES}: holds 1 image\(s\), .* at least 2"):
+        load_mnist(tmp_path, split="train")
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(IDXFormatError, match="t10k-images-idx3-ubyte: holds 0 image"):
+        load_mnist(tmp_path, split="test")
+    with pytest.raises(ValueError, match="cannot split 1 item"):
+        split_train_val(torch.utils.data.TensorDataset(torch.zeros(1)), 0.1, seed=0)
+    train, val = split_train_val(torch.utils.data.TensorDataset(torch.zeros(2)), 0.9, seed=0)
+    assert (len(train), len(val)) == (1, 1)
+
+
+def train_cli(data_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The MNIST project's entry point on ``data_dir``, as `mlflow run` starts it."""
+    return subprocess.run(
+        [sys.executable, "-m", "mnist.train", "--data-dir", str(data_dir), "--epochs", "1"],
+        env=client_env(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def bad_data(folder: Path, case: str) -> str:
+    """Write the MNIST files of ``case``; return the words the one-line error must hold."""
+    train, test = (5, 3)
+    if case == "no-train-images":
+        train = 0
+    elif case == "one-train-image":
+        train = 1
+    elif case == "no-test-images":
+        test = 0
+    for prefix, count in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", np.zeros((count, 28, 28), np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.zeros(count, np.uint8))
+    if case == "overflowing-dims":
+        dims = struct.pack(">HBB3I", 0, 8, 3, 2**32 - 1, 2**32 - 1, 28)
+        (folder / f"{IMAGES}").write_bytes(dims)
+        return f"{folder / IMAGES}: header says"
+    name = "t10k-images-idx3-ubyte" if case == "no-test-images" else IMAGES
+    return f"{folder / name}: holds {train if name == IMAGES else test} image(s)"
+
+
+@pytest.mark.parametrize(
+    "case", ["no-train-images", "one-train-image", "no-test-images", "overflowing-dims"]
+)
+def test_bad_data_stops_training_with_one_line(tmp_path: Path, case: str) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    words = bad_data(folder, case)
+    result = train_cli(folder, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert words in one_line_reason(result, "mnist.train: error: ")
+
+
+LOAD_ARRAYS = (
+    "import sys; from data_loader import load_mnist_arrays as load; "
+    "print(len(load(sys.argv[1])[0]))"
+)
+MIB = 1 << 20
+
+
+def test_gzip_bomb_under_a_memory_limit(tmp_path: Path, digits) -> None:
+    """The 194 KB file that inflates to 200 MB: refused from its header at the default limit
+    (nothing inflated), held once when the limit is raised, one line from the project."""
+    small, bomb = tmp_path / "small", tmp_path / "bomb"
+    write_split(small, *digits, gz=True)
+    bomb.mkdir()
+    write_idx_bomb(bomb / f"{IMAGES}.gz")
+    write_labels(bomb / f"{LABELS}.gz", BOMB_IMAGES)
+    env = client_env(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    limit = 3 << 30
+
+    def load(folder: Path, **extra: str):
+        command = [sys.executable, "-c", LOAD_ARRAYS, str(folder)]
+        return run_limited(command, limit, env | extra, tmp_path)
+
+    baseline = load(small)
+    assert baseline.returncode == 0 and baseline.stdout.strip() == "5", baseline.stderr
+    refused = load(bomb)
+    assert refused.returncode == 1
+    assert f"{bomb / IMAGES}.gz: header says (255102, 28, 28) = 199,999,968 bytes" in refused.stderr
+    assert "more than the limit of 134,217,728 bytes" in refused.stderr
+    assert refused.peak_rss - baseline.peak_rss < 50 * MIB, (refused.peak_rss, baseline.peak_rss)
+
+    raised = load(bomb, DATA_LOADER_MAX_IDX_MB="256")
+    assert raised.returncode == 0 and raised.stdout.strip() == str(BOMB_IMAGES), raised.stderr
+    assert raised.peak_rss - baseline.peak_rss < 260 * MIB  # 191 MiB of images, held once
+
+    command = [sys.executable, "-m", "mnist.train", "--data-dir", str(bomb), "--epochs", "1"]
+    project = run_limited(command, 6 << 30, env, tmp_path)
+    assert project.returncode == 2, project.stderr[-2000:]
+    lines = [line for line in project.stderr.splitlines() if line.startswith("mnist.train:")]
+    assert len(lines) == 1 and "raise it with DATA_LOADER_MAX_IDX_MB=<MiB>" in lines[0], lines
+    assert "Traceback" not in project.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow.sklearn
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
 from data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist
+from predict.safety import load_model as load_checked
 from ready_for_mlflow.servers import (
     HOST,
     TrackingServer,
@@ -26,9 +28,20 @@ from ready_for_mlflow.servers import (
 )
 from scaffold.layout import ROOT
 from tests.helpers.artifacts import DigitFiles, TrainedModel
+from tests.helpers.hostile import (
+    BOMB_IMAGES,
+    run_limited,
+    write_idx_bomb,
+    write_png_bomb,
+)
+from tests.helpers.local_models import diabetes_model as skops_model
+from tests.helpers.local_models import digit_model, pickled_model
 
 PREDICT = "predict"
 REST_CLIENT = "predict.rest_client"
+SAMPLES = ROOT / "example" / "predict" / "samples"
+# The predict CLI's address space: torch and MLflow map about 4 GB; a runaway is stopped.
+ADDRESS_SPACE = 6 << 30
 
 
 def run_cli(
@@ -79,9 +92,92 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def test_unreachable_server_is_one_line(heldout_pngs: DigitFiles, tmp_path: Path) -> None:
+    """A closed loopback port: one line naming the URI, well within 30 s."""
     down = f"http://{HOST}:{free_port()}"
-    result = run_cli(PREDICT, "models:/mnist@champion", heldout_pngs.folder, tracking_uri=down)
-    assert_predict_error(result, 1, f"tracking server {down} is unreachable")
+    started = time.monotonic()
+    result = run_cli(
+        PREDICT, "models:/mnist@champion", heldout_pngs.folder, tracking_uri=down, cwd=tmp_path
+    )
+    assert time.monotonic() - started < 30
+    assert_predict_error(result, 1, f"tracking server {down} did not answer")
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_png_bomb_is_one_line(tmp_path: Path) -> None:
+    """A 20000x20000 PNG of a few hundred KB (400 MB decoded) is refused by its header."""
+    bomb = write_png_bomb(tmp_path / "huge.png")
+    result = run_cli(PREDICT, "models:/mnist@champion", bomb, cwd=tmp_path)
+    assert_predict_error(result, 2, "huge.png", "too large for a digit image")
+
+
+def test_output_into_missing_folder_is_refused_before_the_model(tmp_path: Path) -> None:
+    """Refused before any model is loaded: the tracking server named here is down."""
+    down = f"http://{HOST}:{free_port()}"
+    out = tmp_path / "no-such-folder" / "out.csv"
+    result = run_cli(
+        PREDICT, "models:/mnist@champion", SAMPLES / "digits", "--output", out, tracking_uri=down
+    )
+    assert_predict_error(result, 2, f"--output {out}", "does not exist")
+
+
+def test_pickled_model_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """Loading a cloudpickle model would run its code (here: write a marker file)."""
+    marker = tmp_path / "marker"
+    model = pickled_model(tmp_path / "pickled", marker)
+    refused = run_cli(PREDICT, model, SAMPLES / "digits", cwd=tmp_path)
+    assert_predict_error(refused, 1, "refusing to load", "cloudpickle", "--allow-pickle")
+    assert not marker.exists()
+    assert not (tmp_path / "predictions.csv").exists()
+
+    allowed = run_cli(PREDICT, model, SAMPLES / "digits", "--allow-pickle", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert marker.exists()
+    assert "6 predictions written" in allowed.stdout
+    help_text = run_cli(PREDICT, "--help").stdout
+    assert "runs its author's code" in " ".join(help_text.split())
+
+
+def test_skops_model_loads_without_pickles(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The sample rows through a skops ElasticNet: no --allow-pickle needed."""
+    model = skops_model(tmp_path_factory.getbasetemp() / "skops-model")
+    result = run_cli(PREDICT, model, SAMPLES / "diabetes.csv", "--output", tmp_path / "out.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "out.csv")
+    rows = pd.read_csv(SAMPLES / "diabetes.csv")
+    assert list(table.columns) == [*rows.columns, "prediction"]
+    expected = load_checked(str(model)).predict(rows)  # the same check, in this process
+    np.testing.assert_allclose(table["prediction"], expected, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_hostile_idx_bomb_under_a_memory_limit(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The issue's 194 KB gzip bomb (200 MB, 255,102 images): refused at the default limit;
+    with the limit raised, predicted in batches with the memory of a six-image run."""
+    model = digit_model(tmp_path_factory.getbasetemp() / "digit-model")
+    bomb = write_idx_bomb(tmp_path / "bomb-idx3-ubyte.gz")
+    assert bomb.stat().st_size < 300_000
+    command = [sys.executable, "-m", PREDICT, str(model)]
+    env = client_env("sqlite:///unused.db")
+
+    small = run_limited([*command, str(SAMPLES / "digits")], ADDRESS_SPACE, env, tmp_path)
+    assert small.returncode == 0, small.stderr[-2000:]
+
+    refused = run_limited([*command, str(bomb)], ADDRESS_SPACE, env, tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.count("\n") == 1 and str(bomb) in refused.stderr
+    assert "more than the limit of 134,217,728 bytes" in refused.stderr
+    assert "DATA_LOADER_MAX_IDX_MB" in refused.stderr
+
+    raised = env | {"DATA_LOADER_MAX_IDX_MB": "256"}
+    big = run_limited([*command, str(bomb), "--show", "0"], ADDRESS_SPACE, raised, tmp_path)
+    assert big.returncode == 0, big.stderr[-2000:]
+    assert f"{BOMB_IMAGES} predictions written" in big.stdout
+    # The uint8 images (200 MB) are held once; all of them as float32 at once would add 800 MB.
+    assert big.peak_rss - small.peak_rss < 450 << 20, (big.peak_rss, small.peak_rss)
 
 
 @pytest.mark.server
@@ -218,3 +314,25 @@ def test_rest_serving_and_client(
         stop(server, timeout=5)  # the scoring server drains for long after SIGTERM
     down = run_cli(REST_CLIENT, url, heldout_pngs.folder)
     assert down.returncode == 1 and f"scoring server {url} is unreachable" in down.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_samples_predicted_as_their_labels(trained_mnist: TrainedModel, tmp_path: Path) -> None:
+    """example/predict/samples: each cut digit (light or dark, 28 to 100 px) is its label."""
+    cut = pd.read_csv(SAMPLES / "digits.csv")
+    labels = load_mnist(split="test").labels.numpy()
+    assert (cut["label"].to_numpy() == labels[cut["test_index"]]).all()
+    out = tmp_path / "samples.csv"
+    result = run_cli(
+        PREDICT,
+        f"models:/{trained_mnist.name}@candidate",
+        SAMPLES / "digits",
+        "--output",
+        out,
+        tracking_uri=trained_mnist.tracking_uri,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted = pd.read_csv(out).merge(cut, left_on="input", right_on="file")
+    assert len(predicted) == len(cut)
+    assert (predicted["digit"] == predicted["label"]).all(), predicted.to_string()

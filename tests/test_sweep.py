@@ -10,9 +10,8 @@ own code, as tests/test_kubernetes.py does, with a stand-in for the cluster.
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import subprocess
 from pathlib import Path
 

@@ -138,9 +138,9 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "readme-wrong-default": (
         lambda p: replace(
-            p / "mnist-conda/README.md", "| `epochs` | int | `5` |", "| epochs | int | 10 |"
+            p / "mnist-conda/README.md", "| `seed` | int | `42` |", "| seed | int | 7 |"
         ),
-        "validate: mnist-conda/README.md: parameter 'epochs' has default '10': expected '5' "
+        "validate: mnist-conda/README.md: parameter 'seed' has default '7': expected '42' "
         "(MLproject)",
     ),
     "folder-without-mlproject": (

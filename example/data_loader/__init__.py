@@ -11,7 +11,7 @@ environment without torch.
 
 from importlib import import_module
 
-from .idx import IDXFormatError, read_idx, write_idx
+from .idx import IDXFormatError, IDXSizeLimitError, read_idx, write_idx
 from .mnist_files import BUNDLED_SAMPLE, MNISTNotFoundError, load_mnist_arrays
 from .tabular import load_diabetes_split
 
@@ -26,6 +26,7 @@ _TORCH_PARTS = {
 __all__ = [
     "BUNDLED_SAMPLE",
     "IDXFormatError",
+    "IDXSizeLimitError",
     "MNISTNotFoundError",
     "load_diabetes_split",
     "load_mnist_arrays",

@@ -9,10 +9,13 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 def split_train_val(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
     """Split ``dataset`` into (train, val) with a generator seeded by ``seed``.
 
-    ``val_fraction`` is in (0, 1); the entry points check their values before calling.
+    ``val_fraction`` is in (0, 1); the entry points check their values before calling. Each
+    part gets at least one item, so a dataset needs two.
     """
     size = len(dataset)  # type: ignore[arg-type]
-    val_size = max(1, round(size * val_fraction))
+    if size < 2:
+        raise ValueError(f"cannot split {size} item(s) into train and validation: need 2 or more")
+    val_size = min(size - 1, max(1, round(size * val_fraction)))
     generator = torch.Generator().manual_seed(seed)
     train, val = random_split(dataset, [size - val_size, val_size], generator=generator)
     return train, val

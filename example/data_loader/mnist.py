@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from .mnist_files import BUNDLED_SAMPLE, MNISTNotFoundError, idx_paths, read_split
+from .mnist_files import BUNDLED_SAMPLE, MIN_IMAGES, MNISTNotFoundError, idx_paths, read_split
 
 
 class MNISTDownloadError(RuntimeError):
@@ -31,11 +31,17 @@ class MNISTDataset(TensorDataset):
 
 
 def load_mnist(
-    root: str | Path | None = None, split: str = "train", download: bool = False
+    root: str | Path | None = None,
+    split: str = "train",
+    download: bool = False,
+    max_bytes: int | None = None,
 ) -> MNISTDataset:
     """Load the ``train`` or ``test`` split; ``root=None`` uses the bundled sample.
 
     With ``download=True`` and no files under ``root``, torchvision downloads the full set there.
+    A file holding more than ``max_bytes`` of data is refused (default: the environment
+    variable ``DATA_LOADER_MAX_IDX_MB``, else 128 MiB), as is an empty split or a training
+    split of one image.
     """
     folder = BUNDLED_SAMPLE if root is None else Path(root).expanduser()
     try:
@@ -45,8 +51,8 @@ def load_mnist(
             raise
         download_mnist(folder)
         images_path, labels_path = idx_paths(folder, split)
-    images, labels = read_split(images_path, labels_path)
-    image_tensor = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+    images, labels = read_split(images_path, labels_path, MIN_IMAGES[split], max_bytes)
+    image_tensor = torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
     label_tensor = torch.from_numpy(labels.astype("int64"))
     return MNISTDataset(image_tensor, label_tensor, source=images_path.parent)
 

@@ -12,6 +12,8 @@ BUNDLED_SAMPLE = Path(__file__).resolve().parent / "mnist_sample"
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+# A training split is cut into train and validation parts: both need an image.
+MIN_IMAGES = {"train": 2, "test": 1}
 
 
 class MNISTNotFoundError(FileNotFoundError):
@@ -45,12 +47,21 @@ def _existing(path: Path) -> Path | None:
     return None
 
 
-def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read and cross-check one split: uint8 images ``(N, 28, 28)`` and labels ``(N,)``."""
-    images = read_idx(images_path, expected_ndim=3)
-    labels = read_idx(labels_path, expected_ndim=1)
+def read_split(
+    images_path: Path, labels_path: Path, min_images: int = 1, max_bytes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and cross-check one split: uint8 images ``(N, 28, 28)`` and labels ``(N,)``.
+
+    ``max_bytes`` caps each file's data (see ``data_loader.idx``).
+    """
+    images = read_idx(images_path, expected_ndim=3, max_bytes=max_bytes)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise IDXFormatError(images_path, f"images are {images.shape[1:]}, expected 28x28")
+    if len(images) < min_images:
+        raise IDXFormatError(
+            images_path, f"holds {len(images)} image(s), this split needs at least {min_images}"
+        )
+    labels = read_idx(labels_path, expected_ndim=1, max_bytes=max_bytes)
     if len(images) != len(labels):
         raise IDXFormatError(
             labels_path, f"{len(labels)} labels for {len(images)} images in {images_path.name}"
@@ -62,8 +73,8 @@ def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
 
 
 def load_mnist_arrays(
-    root: str | Path | None = None, split: str = "train"
+    root: str | Path | None = None, split: str = "train", max_bytes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``train`` or ``test`` split as numpy arrays; ``root=None`` is the bundled sample."""
     folder = BUNDLED_SAMPLE if root is None else Path(root).expanduser()
-    return read_split(*idx_paths(folder, split))
+    return read_split(*idx_paths(folder, split), MIN_IMAGES[split], max_bytes)

@@ -4,8 +4,11 @@
     python -m predict runs:/<run id>/model t10k-images-idx3-ubyte.gz
     python -m predict models:/diabetes/3 rows.csv --output out.csv
 
-The model comes from the tracking server in MLFLOW_TRACKING_URI. Predictions are printed as
-a table and written to a CSV file. Any problem is one line on stderr and a non-zero exit.
+The model comes from the tracking server in MLFLOW_TRACKING_URI. The input is checked
+first, then sent through the model --batch-size at a time (memory stays bounded whatever
+its size); predictions are printed as a table and written to a CSV file. Pickled models
+are refused unless --allow-pickle is given. Any problem is one line on stderr and a
+non-zero exit.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import urllib.error
-import urllib.request
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,19 @@ import pandas as pd
 
 from project_tools.cli import OneLineParser, number
 
-from .inputs import InputError, read_input
+from .inputs import Input, InputError, open_input
+from .safety import PICKLE_ENV, RISK, UnsafeModelError
+from .safety import load_model as load_checked
 
 # Keep stderr for errors: no download progress bars around the one-line messages.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # The MNIST models are exported (pt2) on the CPU and cannot move device: on a host with CUDA,
 # MLflow would load them on the GPU and fail.
 os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
+# No pickled code runs in this process unless --allow-pickle says so (see predict.safety).
+os.environ[PICKLE_ENV] = "false"
+
+MAX_BATCH = 65536
 
 
 class PredictError(Exception):
@@ -41,35 +49,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("input", type=Path, help="digit images (folder/file), IDX file or CSV")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--show", type=number(int, 0), default=20, help="rows to print")
+    parser.add_argument(
+        "--batch-size",
+        type=number(int, 1, MAX_BATCH),
+        default=256,
+        help="inputs per model call (bounds memory)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help=f"load pickled (cloudpickle, pickle) models too: {RISK}; only for models you trust",
+    )
     return parser.parse_args(argv)
 
 
-def check_server(model_uri: str) -> None:
-    """Fail in seconds when the tracking server is down (MLflow itself retries for minutes)."""
-    import mlflow
-
-    tracking_uri = mlflow.get_tracking_uri()
-    if not model_uri.startswith(("runs:/", "models:/")) or not tracking_uri.startswith("http"):
-        return
-    try:
-        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10).close()
-    except urllib.error.HTTPError:
-        return  # it answers; MLflow reports what is wrong
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise PredictError(
-            f"tracking server {tracking_uri} is unreachable ({reason}); start it or set "
-            f"MLFLOW_TRACKING_URI"
-        ) from None
+def check_output(path: Path) -> None:
+    """The CSV can be written where asked: checked before the model is loaded."""
+    if path.is_dir():
+        raise InputError(f"--output {path}: is a folder, expected a CSV file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"--output {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--output {path}: folder {folder} is not writable")
 
 
-def load_model(model_uri: str):
-    import mlflow.pyfunc
+def load_model(model_uri: str, allow_pickle: bool = False):
     from mlflow.exceptions import MlflowException
 
-    check_server(model_uri)
+    from project_tools.tracking import require_tracking_server
+
+    if model_uri.startswith(("runs:/", "models:/")):
+        require_tracking_server("predict")
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        return load_checked(model_uri, allow_pickle)
     except MlflowException as exc:
         first_line = exc.message.strip().splitlines()[0]
         raise PredictError(f"cannot load model {model_uri!r}: {first_line}") from None
@@ -130,19 +143,43 @@ def predict(model, kind: str, names: list[str] | None, data) -> pd.DataFrame:
     return table
 
 
+def predict_all(model, source: Input, batch_size: int, output: Path, show: int):
+    """Predict every batch, appending to a temporary CSV that replaces ``output`` at the end.
+
+    Returns (number of rows, the first ``show`` rows).
+    """
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    os.chmod(temporary, 0o644)  # mkstemp's 0600 would outlive the rename
+    count, shown = 0, []
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            for names, data in source.batches(batch_size):
+                table = predict(model, source.kind, names, data)
+                table.to_csv(stream, index=False, header=count == 0)
+                if count < show:
+                    shown.append(table.head(show - count))
+                count += len(table)
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return count, (pd.concat(shown) if shown else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        kind, names, data = read_input(args.input)
-        model = load_model(args.model_uri)
-        table = predict(model, kind, names, data)
-        table.to_csv(args.output, index=False)
-    except (InputError, PredictError, OSError) as exc:
+        check_output(args.output)
+        source = open_input(args.input)
+        model = load_model(args.model_uri, args.allow_pickle)
+        count, head = predict_all(model, source, args.batch_size, args.output, args.show)
+    except (InputError, PredictError, UnsafeModelError, OSError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, InputError) else 1
-    print(table.head(args.show).to_string(index=False))
-    more = f" ({len(table) - args.show} more rows there)" if len(table) > args.show else ""
-    print(f"{len(table)} predictions written to {args.output}{more}")
+    if head is not None:
+        print(head.to_string(index=False))
+    more = f" ({count - args.show} more rows there)" if count > args.show else ""
+    print(f"{count} predictions written to {args.output}{more}")
     return 0
 
 

@@ -4,35 +4,67 @@ Digits become MNIST's tensor layout: float32 ``(N, 1, 28, 28)``, pixels in [0, 1
 digit on a dark background. Any decodable image works: colour is converted to grayscale,
 other sizes are resized to 28x28, and a dark digit on a light background (a scan, a
 drawing) is inverted, judged by the image's border.
+
+``open_input`` checks the whole input before any model is loaded (headers and sizes only, so
+it is quick); ``Input.batches`` then yields it ``batch_size`` at a time, so memory stays
+bounded whatever the input size. An IDX file is held once as bytes, under the data loader's
+size limit (``DATA_LOADER_MAX_IDX_MB``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from data_loader import IDXFormatError, read_idx
+from data_loader import IDXFormatError, IDXSizeLimitError, read_idx
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = 28
+# A digit needs no more: a 20000x20000 PNG of a few KB would decode to 400 MB or more.
+MAX_PIXELS = 8192 * 8192
 EXPECTED = "a folder of PNG/JPEG digit images, a PNG/JPEG image, an MNIST IDX image file or a CSV"
+
+Batch = tuple[list[str] | None, "np.ndarray | pd.DataFrame"]
 
 
 class InputError(ValueError):
     """Input that cannot be turned into model input; the message names it and what is expected."""
 
 
+def _problem(path: Path, exc: Exception) -> InputError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return InputError(f"{path}: refused, too large for a digit image ({exc})")
+    return InputError(f"{path}: not a decodable PNG/JPEG image ({exc})")
+
+
+def check_image(path: Path) -> None:
+    """Open the header only: a decodable format whose size is within MAX_PIXELS."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise _problem(path, exc) from None
+    if width * height > MAX_PIXELS:
+        raise InputError(
+            f"{path}: {width}x{height} pixels, more than the {MAX_PIXELS:,} (8192x8192) an "
+            "input image may have; scale it down to a digit-sized image"
+        )
+
+
 def read_digit(path: Path) -> np.ndarray:
     """One image as a (28, 28) float32 array in [0, 1], light digit on dark."""
+    check_image(path)
     try:
         with Image.open(path) as image:
             image.load()
             gray = image.convert("L")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: not a decodable PNG/JPEG image ({exc})") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise _problem(path, exc) from None
     if gray.size != (SIZE, SIZE):
         gray = gray.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
     pixels = np.asarray(gray, dtype=np.float32) / 255.0
@@ -47,45 +79,75 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_idx_images(path: Path) -> tuple[list[str], np.ndarray]:
+def read_idx_images(path: Path) -> np.ndarray:
+    """The uint8 images (N, 28, 28) of an IDX file, within the loader's size limit."""
     try:
         images = read_idx(path, expected_ndim=3)
+    except IDXSizeLimitError as exc:
+        raise InputError(str(exc)) from None
     except IDXFormatError as exc:
         raise InputError(f"{exc}; expected {EXPECTED}") from None
+    except ValueError as exc:  # a bad DATA_LOADER_MAX_IDX_MB
+        raise InputError(str(exc)) from None
     if images.shape[1:] != (SIZE, SIZE):
         raise InputError(f"{path}: images are {images.shape[1:]}, expected 28x28 MNIST digits")
-    names = [f"{path.name}[{i}]" for i in range(len(images))]
-    return names, images.astype(np.float32) / 255.0
+    if not len(images):
+        raise InputError(f"{path}: the IDX file holds no images")
+    return images
 
 
-def read_digits(path: Path) -> tuple[list[str], np.ndarray]:
-    """(names, images (N, 1, 28, 28)) from a folder of images, one image or an IDX file."""
-    if path.is_dir():
-        files = image_files(path)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        files = [path]
-    else:
-        names, images = read_idx_images(path)
-        return names, images[:, None]
-    images = np.stack([read_digit(f) for f in files])
-    return [f.name for f in files], images[:, None]
+@dataclass
+class Input:
+    """A checked input: ``kind`` is "digits" or "rows"."""
+
+    path: Path
+    kind: str
+    files: list[Path] | None = None
+    idx: np.ndarray | None = None
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """(names, float32 images (n, 1, 28, 28)) or (None, a DataFrame of rows) per batch."""
+        if self.kind == "rows":
+            yield from ((None, rows) for rows in _csv_chunks(self.path, batch_size))
+        elif self.idx is not None:
+            for start in range(0, len(self.idx), batch_size):
+                chunk = self.idx[start : start + batch_size]
+                names = [f"{self.path.name}[{i}]" for i in range(start, start + len(chunk))]
+                yield names, (chunk.astype(np.float32) / 255.0)[:, None]
+        else:
+            assert self.files is not None
+            for start in range(0, len(self.files), batch_size):
+                files = self.files[start : start + batch_size]
+                yield [f.name for f in files], np.stack([read_digit(f) for f in files])[:, None]
 
 
-def read_rows(path: Path) -> pd.DataFrame:
+def _csv_chunks(path: Path, size: int) -> Iterator[pd.DataFrame]:
     try:
-        rows = pd.read_csv(path)
+        yield from pd.read_csv(path, chunksize=size)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV table ({exc})") from None
-    if rows.empty:
+
+
+def check_rows(path: Path) -> None:
+    """A CSV with a header and at least one row (the first rows are read, not the file)."""
+    try:
+        head = pd.read_csv(path, nrows=5)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV table ({exc})") from None
+    if head.empty:
         raise InputError(f"{path}: the CSV has a header but no rows")
-    return rows
 
 
-def read_input(path: Path) -> tuple[str, list[str] | None, np.ndarray | pd.DataFrame]:
-    """("digits", names, images) or ("rows", None, DataFrame), by what ``path`` is."""
+def open_input(path: Path) -> Input:
+    """Check ``path`` and say what it is; nothing large is decoded yet."""
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; expected {EXPECTED}")
     if path.is_file() and path.suffix.lower() == ".csv":
-        return "rows", None, read_rows(path)
-    names, images = read_digits(path)
-    return "digits", names, images
+        check_rows(path)
+        return Input(path, "rows")
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        files = image_files(path) if path.is_dir() else [path]
+        for file in files:
+            check_image(file)
+        return Input(path, "digits", files=files)
+    return Input(path, "digits", idx=read_idx_images(path))

@@ -3,8 +3,9 @@
     make serve MODEL=models:/mnist@champion          # in one terminal (port 5003)
     python -m predict.rest_client http://127.0.0.1:5003 digits/
 
-The images are read like the predict CLI reads them (folder, PNG/JPEG file or IDX file) and
-sent as one JSON batch, {"inputs": [...]}, to <server>/invocations.
+The images are read like the predict CLI reads them (folder, PNG/JPEG file or IDX file),
+checked first, and sent --batch-size at a time as JSON, {"inputs": [...]}, to
+<server>/invocations. The client loads no model: the server does (see `make serve`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from project_tools.cli import OneLineParser
+from project_tools.cli import OneLineParser, number
 
-from .inputs import InputError, read_digits
+from .inputs import InputError, open_input
 
 
 class ServerError(Exception):
@@ -47,16 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="rest_client", description=__doc__.splitlines()[0])
     parser.add_argument("server", help="the scoring server, e.g. http://127.0.0.1:5003")
     parser.add_argument("input", type=Path, help="digit images: a folder, a PNG/JPEG or IDX file")
+    parser.add_argument(
+        "--batch-size", type=number(int, 1, 4096), default=256, help="images per request"
+    )
     args = parser.parse_args(argv)
     try:
-        names, images = read_digits(args.input)
-        logits = invocations(args.server, images)
+        source = open_input(args.input)
+        if source.kind != "digits":
+            raise InputError(f"{args.input}: a CSV table, expected digit images")
+        for names, images in source.batches(args.batch_size):
+            logits = invocations(args.server, images)
+            for name, digit in zip(names or [], logits.argmax(axis=1), strict=True):
+                print(f"{name}  {digit}", flush=True)
     except (InputError, ServerError) as exc:
         print(f"rest_client: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, InputError) else 1
-    width = max(len(name) for name in names)
-    for name, digit in zip(names, logits.argmax(axis=1), strict=True):
-        print(f"{name:<{width}}  {digit}")
     return 0
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,3 +118,66 @@ def run_project(
     return mlflow_run(
         project, tracking_uri, params, experiment=experiment, env=client_env(tracking_uri)
     )
+
+
+def start_mlflow_run(
+    project: Path,
+    tracking_uri: str,
+    params: dict[str, object],
+    log: Path,
+    mark: str,
+    experiment: str = "tests",
+) -> subprocess.Popen:
+    """Start ``mlflow run --env-manager local`` in a session of its own, as a terminal would.
+
+    Every process it starts inherits ``LIFECYCLE_MARK=mark`` (see :func:`marked_processes`).
+    SIGINT is reset to its default, which a shell without job control would have ignored.
+    """
+    command = [str(VENV_BIN / "mlflow"), "run", str(project), "--env-manager", "local"]
+    command += ["--experiment-name", experiment]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env = client_env(tracking_uri, LIFECYCLE_MARK=mark)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            cwd=log.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """The live processes of this user whose environment holds ``name=value`` (from /proc)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                stat = (entry / "stat").read_text()
+                if stat[stat.rindex(")") + 2] != "Z":  # a zombie has ended
+                    found.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def marked_processes(mark: str) -> list[int]:
+    """The live processes whose environment holds ``LIFECYCLE_MARK=mark``."""
+    return processes_with_env("LIFECYCLE_MARK", mark)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``condition`` every 0.5 s until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout:g} s: {what}")

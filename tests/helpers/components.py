@@ -50,3 +50,12 @@ def require_docker_image(project: Path) -> str:
     )
     require(f"image {image}", present.returncode == 0, "run make docker-images")
     return image
+
+
+def require_chromium() -> str:
+    """The system Chromium that Playwright drives (.ci/setup.d/30-chromium.sh installs it)."""
+    from ready_for_mlflow.screenshots import chromium
+
+    found = chromium()
+    require("Chromium", found is not None, "apt-get install chromium")
+    return found or ""

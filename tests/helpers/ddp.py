@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from ready_for_mlflow.servers import free_port
 from scaffold.layout import KUBERNETES_VERSION
+from tests.helpers.commands import processes_with_env
 from tests.helpers.components import require_docker_image
 from tests.helpers.kubernetes import container_of, pod_environment, render
 
@@ -165,22 +166,6 @@ def project_python(project: Path, code: str) -> subprocess.CompletedProcess[str]
         timeout=60,
         check=False,
     )
-
-
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Ids of this user's processes whose environment holds ``name=value``."""
-    wanted = f"{name}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours
-            continue
-        if wanted in environ:
-            found.append(int(entry.name))
-    return found
 
 
 def rank_process(token_name: str, token: str, rank: int) -> int | None:

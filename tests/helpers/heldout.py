@@ -9,7 +9,14 @@ from mlflow.pyfunc import PyFuncModel
 from sklearn.metrics import r2_score
 
 from data_loader import load_diabetes_split, load_mnist
+from predict.safety import load_model as load_checked
 from scaffold.layout import HELDOUT as HELDOUT_NAMES
+
+
+def load_model(model_uri: str) -> PyFuncModel:
+    """Load a logged model as `python -m predict` does: pt2 and skops models load with
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false, pickled ones are refused (predict.safety)."""
+    return load_checked(model_uri)
 
 
 def mnist_accuracy(model: PyFuncModel) -> float:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-
 import subprocess
 from pathlib import Path
 
-import mlflow.pyfunc
 import pytest
 import yaml
 
 from scaffold.layout import PROJECTS
 from tests.helpers.commands import mlflow_run, only_run
 from tests.helpers.components import require_docker_image
-from tests.helpers.heldout import HELDOUT
+from tests.helpers.heldout import HELDOUT, load_model
 
 
 def project_dirs(root: Path = PROJECTS) -> list[Path]:
@@ -51,7 +49,13 @@ def smoke_run(
         # MLflow mounts only the run's artifact folder; MLflow 3 writes the logged model
         # beside it, under the experiment's artifact root, so that is mounted too.
         artifacts = workdir / "mlruns"
-        run_args = [*run_args, "-A", f"v={artifacts}:{artifacts}", "-A", f"user={os.getuid()}:{os.getgid()}"]
+        run_args = [
+            *run_args,
+            "-A",
+            f"v={artifacts}:{artifacts}",
+            "-A",
+            f"user={os.getuid()}:{os.getgid()}",
+        ]
     return mlflow_run(
         project,
         tracking_uri,
@@ -77,7 +81,7 @@ def assert_smoke_run(project: Path, tracking_uri: str) -> float:
         assert image.startswith(f"{project.name}"), image
     # A sweep's run points at its best trial's model; any other run logged its own.
     model_uri = run.data.tags.get("best_model_uri", f"runs:/{run.info.run_id}/model")
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = load_model(model_uri)
     score = HELDOUT[config["heldout"]](model)
     assert score >= config["min_score"], f"held-out {config['heldout']} score {score:.3f}"
     return score

@@ -12,6 +12,8 @@ import argparse
 import sys
 
 from project_tools.cli import OneLineParser, model_name, number
+from project_tools.docker_guard import require_kept_artifacts
+from project_tools.tracking import require_tracking_server
 
 PROG = "elasticnet.train"
 
@@ -28,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_kept_artifacts(PROG)  # a model that a container would lose: stop here
+    require_tracking_server(PROG)
 
     import mlflow
     from mlflow.models import infer_signature

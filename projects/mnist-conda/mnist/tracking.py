@@ -74,3 +74,29 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
             f"with: mlflow artifacts log-artifacts --run-id {run_id} --local-dir {kept} "
             f"--artifact-path model"
         ) from exc
+
+
+CHECKPOINT = "checkpoint/checkpoint.pt"
+
+
+def dataset_digest(dataset: MNISTDataset) -> str:
+    """MLflow's digest of ``dataset`` as :func:`log_datasets` records it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        return mlflow.data.from_numpy(
+            features=dataset.images.numpy(), targets=dataset.labels.numpy()
+        ).digest
+
+
+def save_checkpoint(checkpoint: dict, run_id: str) -> Path:
+    """Write ``checkpoint`` to a local file (kept there if logging it fails); return the path."""
+    path = Path(tempfile.gettempdir()) / "mnist-checkpoints" / run_id / Path(CHECKPOINT).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def load_checkpoint(run_id: str) -> dict:
+    """The checkpoint logged in run ``run_id``; tensors and plain values only (no pickled code)."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT)
+    return torch.load(path, map_location="cpu", weights_only=True)

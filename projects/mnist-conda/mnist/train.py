@@ -8,15 +8,24 @@ heavy is imported, so a typo fails in a second with one line that names the bad 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from pathlib import Path
 
-from project_tools.cli import OneLineParser, boolean, folder, model_name, number
+from project_tools.cli import OneLineParser, boolean, fail, folder, model_name, number
+from project_tools.docker_guard import require_kept_artifacts
+from project_tools.lifecycle import Stopper
+from project_tools.tracking import require_tracking_server
 
 BUNDLED = "bundled"
 PROG = "mnist.train"
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 MAX_WORKERS = 32
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+# What a resumed run takes from its checkpoint rather than from the command line: the
+# parameters that define the training. device, num_workers and registered_model_name may change.
+TRAINING_PARAMS = ("epochs", "batch_size", "learning_rate", "data_dir", "val_fraction", "seed")
 
 
 def data_dir(text: str) -> str:
@@ -34,6 +43,12 @@ def data_dir(text: str) -> str:
 def device_name(text: str) -> str:
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def run_id(text: str) -> str:
+    if text and not RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected an MLflow run id (32 hex digits), got {text!r}")
     return text
 
 
@@ -60,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", type=device_name, default="auto", help="auto picks CUDA when present")
     add("--num-workers", type=number(int, 0, MAX_WORKERS), default=0)
     add("--registered-model-name", type=model_name, default="", help="register the model")
+    add(
+        "--resume-from",
+        type=run_id,
+        default="",
+        help="continue this KILLED run from its logged checkpoint, with its own parameters",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,8 +99,51 @@ def prepare(args: argparse.Namespace):
     return train_full, test, pick_device(args.device)
 
 
+def resume_point(args: argparse.Namespace) -> dict | None:
+    """The checkpoint of ``args.resume_from``, its training parameters applied to ``args``.
+
+    Exits with one line when the run cannot be resumed.
+    """
+    if not args.resume_from:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import load_checkpoint
+
+    try:
+        run = mlflow.get_run(args.resume_from)
+    except MlflowException:
+        fail(PROG, f"no run {args.resume_from} in {mlflow.get_tracking_uri()} to resume")
+    if run.info.status != "KILLED":
+        fail(PROG, f"run {args.resume_from} is {run.info.status}: only a KILLED run resumes")
+    try:
+        checkpoint = load_checkpoint(args.resume_from)
+    except (MlflowException, OSError) as exc:
+        fail(PROG, f"run {args.resume_from} has no checkpoint to resume from ({exc})")
+    changed = [
+        f"{key}={checkpoint['args'][key]}"
+        for key in TRAINING_PARAMS
+        if checkpoint["args"][key] != getattr(args, key)
+    ]
+    if changed:
+        print(f"{PROG}: resuming with the run's own {', '.join(changed)}", file=sys.stderr)
+    for key in TRAINING_PARAMS:
+        setattr(args, key, checkpoint["args"][key])
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_kept_artifacts(PROG)  # a model that a container would lose: stop here
+    with Stopper(PROG) as stopper:
+        return train(args, stopper)
+
+
+def train(args: argparse.Namespace, stopper: Stopper) -> int:
+    """Train and record one run; stop KILLED with a checkpoint when ``stopper`` asks."""
+    require_tracking_server(PROG)
+    resume = resume_point(args)
 
     import mlflow
     import torch
@@ -93,14 +157,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     from project_tools.registry import RegistryError, register_candidate
 
-    from .recipe import EpochResult, evaluate, fit
-    from .tracking import TrackingError, log_datasets, log_model, log_new_params
+    from .recipe import EpochResult, NonFiniteLoss, Stopped, evaluate, fit
+    from .tracking import (
+        CHECKPOINT,
+        TrackingError,
+        dataset_digest,
+        log_datasets,
+        log_model,
+        log_new_params,
+        save_checkpoint,
+    )
 
     try:
         train_full, test, device = prepare(args)
     except (IDXFormatError, MNISTNotFoundError, MNISTDownloadError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    digest = dataset_digest(train_full)
+    if resume is not None and resume["data_digest"] != digest:
+        fail(PROG, f"the training data differ from those of run {args.resume_from}")
 
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = True  # same seed, same metrics on CUDA too
@@ -123,21 +198,56 @@ def main(argv: list[str] | None = None) -> int:
             f"val loss {result.val_loss:.4f}, val accuracy {result.val_accuracy:.2%}"
         )
 
-    with mlflow.start_run() as run:
-        log_new_params(
-            vars(args)
-            | {
-                "device_used": str(device),
-                "train_size": len(train_set),
-                "val_size": len(val_set),
-                "test_size": len(test),
-                "recipe": "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random shift",
+    with mlflow.start_run(run_id=args.resume_from or None) as run:
+        run_id = run.info.run_id
+        if resume is None:
+            log_new_params(
+                vars(args)
+                | {
+                    "device_used": str(device),
+                    "train_size": len(train_set),
+                    "val_size": len(val_set),
+                    "test_size": len(test),
+                    "recipe": "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random shift",
+                }
+            )
+            log_datasets(train_full, test)
+        else:
+            mlflow.set_tag("resumed_at_step", resume["step"])
+            link_launcher_run(run_id)
+        try:
+            model = fit(
+                train_loader,
+                val_loader,
+                args.epochs,
+                args.learning_rate,
+                device,
+                on_step,
+                on_epoch,
+                resume=resume,
+                should_stop=lambda: stopper.requested,
+            )
+        except NonFiniteLoss as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            mlflow.end_run("FAILED")
+            return 1
+        except Stopped as stop:
+            checkpoint = stop.checkpoint | {
+                "args": {key: getattr(args, key) for key in TRAINING_PARAMS},
+                "data_digest": digest,
             }
-        )
-        log_datasets(train_full, test)
-        model = fit(
-            train_loader, val_loader, args.epochs, args.learning_rate, device, on_step, on_epoch
-        )
+            path = save_checkpoint(checkpoint, run_id)
+            stopper.note = f"the checkpoint is kept at {path}"
+            mlflow.log_artifact(str(path), Path(CHECKPOINT).parent.as_posix())
+            mlflow.end_run("KILLED")
+            print(
+                f"{PROG}: stopped on {stopper.reason} at epoch {checkpoint['epoch']}, "
+                f"step {checkpoint['step']}; run {run_id} is KILLED with its checkpoint; "
+                f"continue it with -P resume_from={run_id}",
+                file=sys.stderr,
+            )
+            stopper.end_launcher()
+            return stopper.exit_status
         test_loss, test_accuracy = evaluate(model, test_loader, device)
         test_metrics = {"test_loss": test_loss, "test_accuracy": test_accuracy}
         mlflow.log_metrics(test_metrics)
@@ -156,6 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Run id: {run.info.run_id}  model: {model_uri}")
     print(f"Tracking store: {mlflow.get_tracking_uri()}")
     return 0
+
+
+def link_launcher_run(resumed: str) -> None:
+    """``mlflow run -P resume_from=X`` made a run of its own before this process started:
+    nest it under X in the UI and say where the training went."""
+    import mlflow
+
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if not launcher or launcher == resumed:
+        return
+    client = mlflow.MlflowClient()
+    client.set_tag(launcher, "mlflow.parentRunId", resumed)
+    client.set_tag(
+        launcher,
+        "mlflow.note.content",
+        f"This launch resumed run {resumed}: its metrics, checkpoint and model are there.",
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""What recording a run in a live tracking server costs the training loop, side by side.
+
+    python -m benchmarks.tracking_overhead [--epochs 2] [--repeats 2]
+
+The same seeded training (mnist.recipe.fit at the default batch and learning rate, on the
+bundled digits, on the CPU) runs with tracking off and with what mnist.train records: params,
+both datasets, the step loss every 10 steps, the per-epoch metrics and the model (pt2), to an
+`mlflow server` (SQLite store, artifacts proxied to a local S3 endpoint) on loopback. The
+figure is training images per second over the recorded section, in turns, best of
+``--repeats`` (other work on a shared machine only slows a run down). The tracked rows are
+also split: the loop with its metrics alone, the datasets, the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+
+from benchmarks.results import record
+from data_loader import load_mnist, make_loader, split_train_val
+from mnist.recipe import EpochResult, fit
+from mnist.tracking import log_datasets, log_model
+from mnist.train import LOG_EVERY_STEPS
+from ready_for_mlflow.servers import mlflow_server, moto_s3
+
+CPU = torch.device("cpu")
+BATCH, LEARNING_RATE, SEED = 64, 1e-3, 42
+
+
+def untracked(loaders, epochs: int) -> dict[str, float]:
+    torch.manual_seed(SEED)
+    start = time.perf_counter()
+    fit(*loaders, epochs, LEARNING_RATE, CPU, progress=False)
+    return {"total": time.perf_counter() - start}
+
+
+def tracked(loaders, epochs: int, data, attempt: int) -> dict[str, float]:
+    """What mnist.train records, timed by part."""
+
+    def on_step(step: int, loss: float) -> None:
+        if step % LOG_EVERY_STEPS == 0:
+            mlflow.log_metric("train_loss_step", loss, step=step)
+
+    def on_epoch(result: EpochResult) -> None:
+        metrics = result._asdict()
+        mlflow.log_metrics(metrics, step=metrics.pop("epoch"))
+
+    torch.manual_seed(SEED)
+    mlflow.set_experiment(f"overhead-{attempt}")
+    parts: dict[str, float] = {}
+    start = time.perf_counter()
+    with mlflow.start_run():
+        mlflow.log_params({"epochs": epochs, "batch_size": BATCH, "learning_rate": LEARNING_RATE})
+        mark = time.perf_counter()
+        log_datasets(*data)
+        parts["datasets"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        model = fit(*loaders, epochs, LEARNING_RATE, CPU, on_step, on_epoch, progress=False)
+        parts["loop"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        log_model(model, data[1].images[:4])
+        parts["model"] = time.perf_counter() - mark
+    parts["total"] = time.perf_counter() - start
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    train_full, test = load_mnist(split="train"), load_mnist(split="test")
+    train_set, val_set = split_train_val(train_full, 0.1, SEED)
+    loaders = (make_loader(train_set, BATCH, shuffle=True, seed=SEED), make_loader(val_set, 1000))
+    images = len(train_set) * args.epochs
+    off, on = [], []
+    with tempfile.TemporaryDirectory(prefix="tracking-overhead-") as folder:
+        work = Path(folder)
+        with moto_s3(work) as s3, mlflow_server(work, f"sqlite:///{work}/mlflow.db", s3) as server:
+            mlflow.set_tracking_uri(server.url)
+            for attempt in range(args.repeats):
+                off.append(untracked(loaders, args.epochs))
+                on.append(tracked(loaders, args.epochs, (train_full, test), attempt))
+    best_off = min(r["total"] for r in off)
+    best_on = min(on, key=lambda r: r["total"])
+    best_loop = min(r["loop"] for r in on)
+
+    def rate(seconds: float) -> float:
+        return round(images / seconds, 1)
+
+    rows = [
+        {"training": "tracking off", "seconds": best_off, "images/s": rate(best_off)},
+        {
+            "training": "loop + step/epoch metrics to the server",
+            "seconds": best_loop,
+            "images/s": rate(best_loop),
+            "ratio to off": round(best_off / best_loop, 3),
+            "target": ">= 0.97",
+        },
+        {
+            "training": "everything mnist.train records (params, datasets, metrics, model)",
+            "seconds": best_on["total"],
+            "images/s": rate(best_on["total"]),
+            "ratio to off": round(best_off / best_on["total"], 3),
+            "target": ">= 0.97",
+        },
+        {"training": "  of which: datasets", "seconds": best_on["datasets"]},
+        {"training": "  of which: model (pt2 export + upload)", "seconds": best_on["model"]},
+    ]
+    notes = (
+        f"{args.epochs} epochs of {len(train_set)} digits, batch {BATCH}, CPU "
+        f"({torch.get_num_threads()} threads), best of {args.repeats} in turns; server on loopback."
+    )
+    command = f"python -m benchmarks.tracking_overhead --epochs {args.epochs}"
+    record("tracking_overhead", rows, notes, command)
+
+
+if __name__ == "__main__":
+    main()

@@ -174,3 +174,19 @@ def test_mnist_conda_through_conda(tracking_uri: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_smoke_run(MNIST_CONDA, tracking_uri)
+
+
+def test_entry_point_defaults_are_the_mlproject_defaults() -> None:
+    """`python -m mnist.train` with no flags trains the recipe that `mlflow run` (and the
+    benchmark, which reads MLproject) does."""
+    from mlflow.projects._project_spec import load_project
+
+    parsed = vars(train.parse_args([]))
+    for name, parameter in (
+        load_project(str(MNIST_CONDA)).get_entry_point("main").parameters.items()
+    ):
+        given, declared = parsed[name], parameter.default
+        if isinstance(given, float):
+            assert given == float(declared), name
+        else:
+            assert str(given).lower() == str(declared).lower(), name

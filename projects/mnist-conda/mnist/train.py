@@ -55,9 +55,9 @@ def run_id(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=5)
-    add("--batch-size", type=number(int, 1), default=64)
-    add("--learning-rate", type=number(float, 0, open_low=True), default=1e-3)
+    add("--epochs", type=number(int, 1), default=9)
+    add("--batch-size", type=number(int, 1), default=128)
+    add("--learning-rate", type=number(float, 0, open_low=True), default=2e-3)
     add(
         "--data-dir",
         type=data_dir,
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=False,
         help="download the full MNIST set into --data-dir with torchvision when missing",
     )
-    add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True), default=0.1)
+    add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True), default=0.05)
     add("--seed", type=number(int, 0, 2**32 - 1), default=42)
     add("--device", type=device_name, default="auto", help="auto picks CUDA when present")
     add("--num-workers", type=number(int, 0, MAX_WORKERS), default=0)

@@ -62,9 +62,11 @@ def test_sweep_of_tiny_mnist_trials(tracking_uri: str, tmp_path: Path) -> None:
     assert {child.info.status for child in children} == {"FINISHED"}
     assert {child.info.run_name for child in children} == {f"trial-{n}" for n in range(4)}
 
-    best = max(children, key=lambda child: child.data.metrics["val_accuracy"])
-    assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
-    assert parent.data.tags["best_run_id"] == best.info.run_id
+    # The trial the parent names has the best metric (tiny trials can tie: any of them will do).
+    (best,) = [child for child in children if child.info.run_id == parent.data.tags["best_run_id"]]
+    top = max(child.data.metrics["val_accuracy"] for child in children)
+    assert best.data.metrics["val_accuracy"] == top
+    assert parent.data.metrics["best_val_accuracy"] == top
     for name in ("learning_rate", "batch_size", "epochs"):
         assert float(parent.data.params[f"best_{name}"]) == float(best.data.params[name])
     assert parent.data.metrics["trials_finished"] == 4

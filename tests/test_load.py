@@ -9,12 +9,18 @@ server's throughput under concurrent clients.
 
 from __future__ import annotations
 
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import S3
+from data_loader import load_mnist
+from mnist.tracking import log_datasets
+from ready_for_mlflow.servers import S3, TrackingServer
 from tests.helpers.load import (
     EXPERIMENT,
     expected_points,
@@ -44,3 +50,31 @@ def test_eight_runs_at_once_keep_every_point(kind: str, s3: S3, tmp_path: Path) 
             expected = expected_points(run)
             assert expected["train_loss_step"] >= 3  # the tiny training still logs steps
             assert stored_points(client, run, list(expected)) == expected, run.info.run_id
+
+
+def test_runs_logging_the_same_digits_at_once_all_record_them(
+    tracking_server: TrackingServer,
+) -> None:
+    """8 runs log the same new dataset at the same moment through a real server (SQLite): the
+    SQL store checks, then inserts, so without a retry some of them fail on its unique
+    constraint (seen in this module's load test)."""
+    client = MlflowClient(tracking_server.url)
+    experiment = client.create_experiment(f"same-digits-{uuid.uuid4().hex[:8]}")
+    digits = load_mnist(split="test")
+    runs = [client.create_run(experiment).info.run_id for _ in range(RUNS)]
+    start = threading.Barrier(RUNS)
+
+    def log(run_id: str) -> None:
+        with mlflow.start_run(run_id=run_id):
+            start.wait(timeout=60)
+            log_datasets(digits, digits)
+
+    mlflow.set_tracking_uri(tracking_server.url)
+    try:
+        with ThreadPoolExecutor(RUNS) as pool:
+            list(pool.map(log, runs))
+    finally:
+        mlflow.set_tracking_uri(None)
+    for run_id in runs:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.name for i in inputs) == ["mnist-testing", "mnist-training"]

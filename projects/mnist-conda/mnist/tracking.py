@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -43,7 +44,23 @@ def log_datasets(train_full: MNISTDataset, test: MNISTDataset) -> None:
                 source=str(dataset.source),
                 name=f"mnist-{context}",
             )
-        mlflow.log_input(source, context=context)
+        log_input_once_stored(source, context)
+
+
+def log_input_once_stored(source: mlflow.data.Dataset, context: str, tries: int = 3) -> None:
+    """Log a dataset input, retrying when a concurrent run stored the same dataset first.
+
+    The SQL store checks for the dataset and then inserts it; two runs logging the same digits
+    at the same moment (a sweep, parallel jobs) can both miss it, and the slower insert fails
+    on the unique constraint. On retry the dataset exists and only the link is inserted.
+    """
+    for attempt in range(tries):
+        try:
+            mlflow.log_input(source, context=context)
+            return
+        except MlflowException as exc:
+            if "unique constraint" not in str(exc).lower() or attempt == tries - 1:
+                raise
 
 
 def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:

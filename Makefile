@@ -81,7 +81,7 @@ test: setup ## The quick part of the suite: no Docker, server, image push, uv bu
 	$(RUN_ENV) $(BIN)/pytest -m "$(QUICK_TESTS)" $(PYTEST_ARGS)
 
 test-all: setup ## The whole suite, as CI runs it (smoke-runs every project with mlflow run)
-	$(RUN_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+	$(RUN_ENV) $(BIN)/pytest --durations=30 $(PYTEST_ARGS)
 
 lint: setup ## ruff check and format check
 	$(BIN)/ruff check .

@@ -5,8 +5,8 @@ image registry and one default-trained MNIST model.
 
 `make test` runs the quick part (``-m "not (docker or server or slow or uv or k8s or conda)"``),
 `make test-all` everything. ``pytest_collection_modifyitems`` below marks a test by the
-fixtures it uses (a server fixture makes it ``server``), and the few tests listed in
-``TRAINS`` / ``NEEDS_DOCKER`` until their files carry the marker themselves.
+fixtures it uses (a server fixture makes it ``server``); a test that trains or runs a project
+carries ``slow`` in its own file.
 """
 
 from __future__ import annotations
@@ -40,38 +40,16 @@ HELDOUT_PNGS = 120
 # Fixtures that start a server (moto S3, mlflow server, the image registry) or need Docker.
 SERVER_FIXTURES = {"s3", "tracking_server", "trained_mnist", "registry"}
 DOCKER_FIXTURES = {"registry"}
-# Tests (file::function) that train a model for tens of seconds, and tests that ask the Docker
-# daemon, with no marker in their file yet.
-TRAINS = {
-    "test_ddp.py::test_two_processes_make_one_run_that_matches_one_process",
-    "test_ddp.py::test_killing_one_rank_ends_both_and_fails_the_run",
-    "test_sweep.py::test_sweep_of_tiny_mnist_trials",
-    "test_projects.py::test_smoke_run[mnist-sweep]",
-    "test_projects.py::test_smoke_run[mnist-ddp-conda]",
-    "test_mnist.py::test_same_seed_gives_same_metrics_on_cpu",
-    "test_mnist.py::test_failed_model_upload_keeps_the_trained_model",
-    "test_mnist.py::test_registered_model_gets_candidate_alias_and_ranking_tags",
-    "test_tracking_store.py::test_make_run_records_in_the_store_it_prints",
-    "test_scaffold.py::test_pytorch_conda_locally",
-}
-NEEDS_DOCKER = {
-    "test_kubernetes.py::test_run_k8s_without_kube_context_fails_fast",
-    "test_kubernetes.py::test_run_k8s_without_registry_fails_fast",
-}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Add the markers that `make test` selects on (see the module docstring)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        name = f"{item.path.name}::{item.name}"
-        function = f"{item.path.name}::{item.originalname}"  # every parameter of it
         if fixtures & SERVER_FIXTURES:
             item.add_marker(pytest.mark.server)
-        if fixtures & DOCKER_FIXTURES or function in NEEDS_DOCKER:
+        if fixtures & DOCKER_FIXTURES:
             item.add_marker(pytest.mark.docker)
-        if name in TRAINS or function in TRAINS:
-            item.add_marker(pytest.mark.slow)
 
 
 REGISTRY_CACHE = Path.home() / ".cache" / "mlflow-project-store" / "registry"

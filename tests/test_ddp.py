@@ -51,6 +51,7 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
+@pytest.mark.slow
 def test_two_processes_make_one_run_that_matches_one_process(
     tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -106,6 +107,7 @@ def wait_for_metric(tracking_uri: str, experiment: str, key: str, timeout: float
     raise AssertionError(f"no run logged {key} within {timeout} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("rank", "direct"), [(1, False), (0, True)], ids=["rank 1, mlflow run", "rank 0, launched"]
 )

@@ -111,12 +111,14 @@ def test_pushed_image_does_the_pods_work(
     assert mnist_accuracy(model) >= 0.8
 
 
+@pytest.mark.docker
 def test_run_k8s_without_kube_context_fails_fast(tmp_path: Path) -> None:
     require_docker()
     result = make("run-k8s", KUBECONFIG=str(tmp_path / "none"), KUBE_CONTEXT="")
     assert "no kube context" in one_line_reason(result, "make run-k8s:")
 
 
+@pytest.mark.docker
 def test_run_k8s_without_registry_fails_fast(tmp_path: Path) -> None:
     require_docker()
     kubeconfig = tmp_path / "kubeconfig"

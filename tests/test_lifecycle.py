@@ -181,7 +181,11 @@ def test_resume_continues_the_killed_run_to_the_same_result(
     assert len(launches) == 1
 
 
-def test_resume_of_a_run_that_cannot_resume_is_one_line(tracking_uri: str, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_resume_of_a_run_that_cannot_resume_is_one_line(
+    tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through `mlflow run` for a FINISHED run; in-process for a run id that does not exist."""
     assert mnist_train.main(["--epochs", "1", "--batch-size", "512"]) == 0
     (finished,) = MlflowClient(tracking_uri).search_runs(["0"])
     result = mlflow_run(
@@ -189,21 +193,23 @@ def test_resume_of_a_run_that_cannot_resume_is_one_line(tracking_uri: str, tmp_p
     )
     line = one_line_reason(result, "mnist.train: error:")
     assert f"run {finished.info.run_id} is FINISHED: only a KILLED run resumes" in line
-    result = mlflow_run(MNIST_CONDA, tracking_uri, {"resume_from": "0" * 32}, cwd=tmp_path)
-    assert f"no run {'0' * 32} in" in one_line_reason(result, "mnist.train: error:")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        mnist_train.main(["--resume-from", "0" * 32])
+    assert exit_info.value.code != 0
+    assert f"mnist.train: error: no run {'0' * 32} in" in capsys.readouterr().err
 
 
 def test_diverging_loss_fails_the_run_naming_epoch_and_step(
-    tracking_uri: str, tmp_path: Path
+    tracking_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    params = {"learning_rate": 1e30, "epochs": 1, "batch_size": 256}
-    result = mlflow_run(MNIST_CONDA, tracking_uri, params, cwd=tmp_path)
-    line = one_line_reason(result, "mnist.train: error:")
+    """In-process: the run that train.py started ends FAILED, with no model logged."""
+    argv = ["--learning-rate", "1e30", "--epochs", "1", "--batch-size", "256"]
+    assert mnist_train.main(argv) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("mnist.train:")]
     assert "the training loss became nan at epoch 1, step " in line, line
     assert "lower the learning rate" in line
-    (run,) = MlflowClient(tracking_uri).search_runs(
-        [MlflowClient(tracking_uri).get_experiment_by_name("tests").experiment_id]
-    )
+    (run,) = MlflowClient(tracking_uri).search_runs(["0"])
     assert run.info.status == "FAILED"
     assert "model" not in [
         a.path for a in MlflowClient(tracking_uri).list_artifacts(run.info.run_id)

@@ -18,6 +18,7 @@ def test_projects_are_found() -> None:
     assert PROJECTS / "mnist-conda" in project_dirs()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("project", smoke_params())
 def test_smoke_run(project: Path, tracking_uri: str, tmp_path: Path) -> None:
     """`mlflow run` the project as its smoke.yaml says (Docker projects: --build-image)."""

@@ -201,6 +201,7 @@ def test_make_validate_accepts_the_generated_projects(repo: Path) -> None:
         ), result.stdout
 
 
+@pytest.mark.slow
 def test_pytorch_conda_locally(repo: Path, tracking_uri: str, tmp_path: Path) -> None:
     project = repo / "projects" / "gen-torch-conda"
     result = smoke_run(project, tracking_uri, tmp_path)
@@ -218,6 +219,7 @@ def test_pytorch_conda_through_uv(repo: Path, tracking_uri: str, tmp_path: Path)
     assert_smoke_run(project, tracking_uri)
 
 
+@pytest.mark.slow
 def test_sklearn_conda_locally(repo: Path, tracking_uri: str, tmp_path: Path) -> None:
     project = repo / "projects" / "gen-sk-conda"
     result = smoke_run(project, tracking_uri, tmp_path)

@@ -49,6 +49,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_sweep_of_tiny_mnist_trials(tracking_uri: str, tmp_path: Path) -> None:
     """4 trials, 2 at a time: 4 FINISHED children under one parent that records the best one,
     whose model becomes the `candidate` version."""
@@ -103,6 +104,7 @@ def stand_in(tmp_path: Path, behaviour: str, trials: int, parallel: int) -> dict
     }
 
 
+@pytest.mark.slow
 def test_a_failed_trial_leaves_the_sweep_finished(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -136,6 +138,7 @@ def test_the_sweep_fails_only_when_every_trial_failed(
     assert [child.info.status for child in runs.children] == ["FAILED", "FAILED"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_kills_the_trials(tracking_uri: str, tmp_path: Path) -> None:
     params = stand_in(tmp_path, "wait", 4, 2)
     with interrupted_sweep(tracking_uri, "sweep", params, tmp_path / "stand-in") as process:

@@ -37,6 +37,7 @@ def test_store_rule(
     assert result.stdout == f"Tracking store: {uri}\n"
 
 
+@pytest.mark.slow
 def test_make_run_records_in_the_store_it_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

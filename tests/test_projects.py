@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from scaffold.layout import PROJECTS
-from tests.helpers.projects import assert_smoke_run, project_dirs, smoke_params, smoke_run
+from scaffold.layout import PROJECTS, ROOT
+from tests.helpers.projects import (
+    assert_smoke_run,
+    project_dirs,
+    smoke_config,
+    smoke_params,
+    smoke_run,
+)
 
 
 def test_projects_are_found() -> None:
@@ -25,3 +31,13 @@ def test_smoke_run(project: Path, tracking_uri: str, tmp_path: Path) -> None:
     result = smoke_run(project, tracking_uri, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_smoke_run(project, tracking_uri)
+
+
+def test_a_project_left_out_names_the_test_that_runs_it() -> None:
+    """``covered_by`` in smoke.yaml must name a test function that exists."""
+    covered = {p: smoke_config(p).get("covered_by") for p in project_dirs()}
+    named = {project: node for project, node in covered.items() if node}
+    assert named, "no project is left to another test"
+    for project, node in named.items():
+        path, function = node.split("::")
+        assert f"\ndef {function}(" in (ROOT / path).read_text(), (project.name, node)

@@ -78,7 +78,7 @@ def test_default_recipe_reaches_98_percent(tracking_uri: str) -> None:
     """At default parameters on the bundled sample (README: 'Default recipe')."""
     assert train.main(["--device", "cpu"]) == 0
     (metrics,) = run_metrics(tracking_uri)
-    assert metrics["test_accuracy"] >= 0.98
+    assert metrics["test_accuracy"] >= 0.985
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -48,13 +50,22 @@ class DigitNet(nn.Module):
         return self.classifier(self.features(pixels))
 
 
-def random_shift(images: torch.Tensor, max_pixels: float = 1.5) -> torch.Tensor:
-    """Shift each image by its own random offset of up to ``max_pixels`` (light augmentation)."""
+def random_affine(
+    images: torch.Tensor, max_pixels: float = 1.5, max_degrees: float = 10, max_scale: float = 0.1
+) -> torch.Tensor:
+    """Shift, rotate and scale each image by its own random draw (up to ``max_pixels``,
+    ``max_degrees`` and ``max_scale``): the handwriting varies that much, the digit stays."""
     batch = images.shape[0]
-    offsets = (torch.rand(batch, 2, device=images.device) * 2 - 1) * (2 * max_pixels / 28)
+
+    def uniform(bound: float) -> torch.Tensor:
+        return (torch.rand(batch, device=images.device) * 2 - 1) * bound
+
+    angle = uniform(math.radians(max_degrees))
+    zoom = 1 + uniform(max_scale)
     theta = torch.zeros(batch, 2, 3, device=images.device)
-    theta[:, 0, 0] = 1
-    theta[:, 1, 1] = 1
-    theta[:, :, 2] = offsets
+    theta[:, 0, 0] = theta[:, 1, 1] = torch.cos(angle) / zoom
+    theta[:, 0, 1] = -torch.sin(angle) / zoom
+    theta[:, 1, 0] = torch.sin(angle) / zoom
+    theta[:, :, 2] = (torch.rand(batch, 2, device=images.device) * 2 - 1) * (2 * max_pixels / 28)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")

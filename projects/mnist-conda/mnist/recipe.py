@@ -1,4 +1,4 @@
-"""The training recipe: AdamW, one-cycle schedule, label smoothing, light shift augmentation.
+"""The training recipe: AdamW, one-cycle schedule, label smoothing, light affine augmentation.
 
 Kept free of MLflow so that train.py (which records the run) and benchmarks/ (which times
 it) share one loop.
@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .model import DigitNet, random_shift
+from .model import DigitNet, random_affine
 
 WEIGHT_DECAY = 1e-4
 WARMUP_FRACTION = 0.25
@@ -140,7 +140,7 @@ def fit(
             disable=None if progress else True,
         )
         for batch, (images, labels) in enumerate(bar, start=skip + 1):
-            images = random_shift(images.to(device, non_blocking=True))
+            images = random_affine(images.to(device, non_blocking=True))
             labels = labels.to(device, non_blocking=True)
             loss = F.cross_entropy(model(images), labels, label_smoothing=LABEL_SMOOTHING)
             optimizer.zero_grad(set_to_none=True)

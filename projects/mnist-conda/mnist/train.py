@@ -55,7 +55,7 @@ def run_id(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=9)
+    add("--epochs", type=number(int, 1), default=14)
     add("--batch-size", type=number(int, 1), default=128)
     add("--learning-rate", type=number(float, 0, open_low=True), default=2e-3)
     add(
@@ -208,7 +208,7 @@ def train(args: argparse.Namespace, stopper: Stopper) -> int:
                     "train_size": len(train_set),
                     "val_size": len(val_set),
                     "test_size": len(test),
-                    "recipe": "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random shift",
+                    "recipe": "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random affine",
                 }
             )
             log_datasets(train_full, test)

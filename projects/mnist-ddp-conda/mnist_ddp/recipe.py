@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from mnist.model import DigitNet, random_shift
+from mnist.model import DigitNet, random_affine
 from mnist.recipe import LABEL_SMOOTHING, WARMUP_FRACTION, WEIGHT_DECAY, EpochResult, evaluate
 
 EVAL_BATCH = 1000
@@ -130,7 +130,7 @@ def fit(
             disable=None if progress else True,
         )
         for images, labels in bar:
-            images = random_shift(images.to(device, non_blocking=True))
+            images = random_affine(images.to(device, non_blocking=True))
             labels = labels.to(device, non_blocking=True)
             loss = F.cross_entropy(ddp(images), labels, label_smoothing=LABEL_SMOOTHING)
             optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ LOG_EVERY_STEPS = 10
 PEER_LOST = re.compile(r"remote (worker|process)|by peer", re.IGNORECASE)
 # Set by mnist_ddp.launch: where rank 0 writes the id of the run it records.
 RUN_ID_FILE = "MNIST_DDP_RUN_ID_FILE"
-RECIPE = "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random shift; DDP"
+RECIPE = "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random affine; DDP"
 
 
 def device_name(text: str) -> str:

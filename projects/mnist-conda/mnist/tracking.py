@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -22,6 +24,10 @@ SIGNATURE = ModelSignature(
 )
 
 
+# The step loss is logged every LOG_EVERY_STEPS steps.
+LOG_EVERY_STEPS = 10
+
+
 class TrackingError(Exception):
     """Recording failed after training; the message says where the model is kept."""
 
@@ -30,6 +36,33 @@ def log_new_params(params: dict[str, object]) -> None:
     """Log the params that ``mlflow run`` has not logged already (it logs the -P values)."""
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in logged and v != ""})
+
+
+def log_step_loss(step: int, loss: float) -> None:
+    """Every ``LOG_EVERY_STEPS`` steps, queue the step loss (see :func:`log_epoch_metrics`)."""
+    if step % LOG_EVERY_STEPS == 0:
+        mlflow.log_metric("train_loss_step", loss, step=step, synchronous=False)
+
+
+def log_epoch_metrics(epoch: int, metrics: dict[str, float]) -> None:
+    """Queue one epoch's metrics.
+
+    Metrics go through MLflow's asynchronous queue: a background thread sends them in batches,
+    with the client's usual retries, so training does not wait a round trip per point (the
+    loop kept 0.86 of its speed with synchronous calls; `make benchmark`, tracking_overhead).
+    Train inside :func:`metrics_sent_at_exit`, so that every point is stored before the run
+    ends, however training ends.
+    """
+    mlflow.log_metrics(metrics, step=epoch, synchronous=False)
+
+
+@contextmanager
+def metrics_sent_at_exit() -> Iterator[None]:
+    """Wait, on leaving, until the queued metrics are stored (retrying as the client does)."""
+    try:
+        yield
+    finally:
+        mlflow.flush_async_logging()
 
 
 def log_datasets(train_full: MNISTDataset, test: MNISTDataset) -> None:

@@ -84,9 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-LOG_EVERY_STEPS = 10
-
-
 def prepare(args: argparse.Namespace):
     """Load the data and pick the device; raises the loader's errors on bad input."""
     from data_loader import load_mnist
@@ -163,8 +160,11 @@ def train(args: argparse.Namespace, stopper: Stopper) -> int:
         TrackingError,
         dataset_digest,
         log_datasets,
+        log_epoch_metrics,
         log_model,
         log_new_params,
+        log_step_loss,
+        metrics_sent_at_exit,
         save_checkpoint,
     )
 
@@ -186,13 +186,9 @@ def train(args: argparse.Namespace, stopper: Stopper) -> int:
     val_loader = make_loader(val_set, 1000, **options)
     test_loader = make_loader(test, 1000, **options)
 
-    def on_step(step: int, loss: float) -> None:
-        if step % LOG_EVERY_STEPS == 0:
-            mlflow.log_metric("train_loss_step", loss, step=step)
-
     def on_epoch(result: EpochResult) -> None:
         metrics = result._asdict()
-        mlflow.log_metrics(metrics, step=metrics.pop("epoch"))
+        log_epoch_metrics(metrics.pop("epoch"), metrics)
         print(
             f"epoch {result.epoch}: train loss {result.train_loss:.4f}, "
             f"val loss {result.val_loss:.4f}, val accuracy {result.val_accuracy:.2%}"
@@ -216,17 +212,18 @@ def train(args: argparse.Namespace, stopper: Stopper) -> int:
             mlflow.set_tag("resumed_at_step", resume["step"])
             link_launcher_run(run_id)
         try:
-            model = fit(
-                train_loader,
-                val_loader,
-                args.epochs,
-                args.learning_rate,
-                device,
-                on_step,
-                on_epoch,
-                resume=resume,
-                should_stop=lambda: stopper.requested,
-            )
+            with metrics_sent_at_exit():
+                model = fit(
+                    train_loader,
+                    val_loader,
+                    args.epochs,
+                    args.learning_rate,
+                    device,
+                    log_step_loss,
+                    on_epoch,
+                    resume=resume,
+                    should_stop=lambda: stopper.requested,
+                )
         except NonFiniteLoss as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             mlflow.end_run("FAILED")

@@ -247,15 +247,22 @@ def record_rank_zero(
     """Rank 0's part: the same training, recorded in the MLflow run."""
     import mlflow
 
-    from mnist.tracking import TrackingError, log_datasets, log_model, log_new_params
+    from mnist.tracking import (
+        TrackingError,
+        log_datasets,
+        log_epoch_metrics,
+        log_model,
+        log_new_params,
+        metrics_sent_at_exit,
+    )
     from project_tools.registry import RegistryError, register_candidate
 
-    def on_step(step: int, loss: float) -> None:
-        mlflow.log_metric("train_loss_step", loss, step=step)
+    def on_step(step: int, loss: float) -> None:  # called every LOG_EVERY_STEPS steps
+        mlflow.log_metric("train_loss_step", loss, step=step, synchronous=False)
 
     def on_epoch(result: EpochResult, images_per_second: float) -> None:
         metrics = result._asdict() | {"train_images_per_second": images_per_second}
-        mlflow.log_metrics(metrics, step=metrics.pop("epoch"))
+        log_epoch_metrics(metrics.pop("epoch"), metrics)
         print(
             f"epoch {result.epoch}: train loss {result.train_loss:.4f}, "
             f"val loss {result.val_loss:.4f}, val accuracy {result.val_accuracy:.2%}, "
@@ -281,7 +288,8 @@ def record_rank_zero(
             }
         )
         log_datasets(digits.full_train, digits.test)
-        model, test_metrics = train_and_test(args, ranks, device, digits, on_step, on_epoch)
+        with metrics_sent_at_exit():
+            model, test_metrics = train_and_test(args, ranks, device, digits, on_step, on_epoch)
         mlflow.log_metrics(test_metrics)
         try:
             model_uri = log_model(model, digits.test.images[:4])

@@ -55,9 +55,9 @@ def run_id(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=14)
-    add("--batch-size", type=number(int, 1), default=128)
-    add("--learning-rate", type=number(float, 0, open_low=True), default=2e-3)
+    add("--epochs", type=number(int, 1), default=12)
+    add("--batch-size", type=number(int, 1), default=256)
+    add("--learning-rate", type=number(float, 0, open_low=True), default=3e-3)
     add(
         "--data-dir",
         type=data_dir,

@@ -3,8 +3,9 @@
     python -m benchmarks.tracking_overhead [--epochs 14] [--repeats 2]
 
 The same seeded training (mnist.recipe.fit at the project's default epochs, batch, learning
-rate, validation split and seed, on the bundled digits, on the CPU) runs with tracking off and with what mnist.train records: params,
-both datasets, the step loss every 10 steps, the per-epoch metrics and the model (pt2), to an
+rate, validation split and seed, on the bundled digits, on the CPU) runs with tracking off and
+with what mnist.train records: params, both datasets, the step loss every 10 steps (queued, as
+mnist.train queues them), the per-epoch metrics and the model (pt2), to an
 `mlflow server` (SQLite store, artifacts proxied to a local S3 endpoint) on loopback. The
 figure is training images per second over the recorded section, in turns, best of
 ``--repeats`` (other work on a shared machine only slows a run down). The tracked rows are

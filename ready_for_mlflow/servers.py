@@ -53,8 +53,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``command`` in a new session (its own process group), output to ``log``."""
+def start(
+    command: list[str], log: Path, env: dict[str, str] | None = None, **popen: object
+) -> subprocess.Popen:
+    """Start ``command`` in a new session (its own process group), output to ``log``;
+    ``popen`` adds options of :class:`subprocess.Popen` (``cwd``, ``preexec_fn``...)."""
     with log.open("ab") as out:
         return subprocess.Popen(
             command,
@@ -63,6 +66,7 @@ def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> s
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            **popen,
         )
 
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import client_env
+from ready_for_mlflow.servers import client_env, start
 from scaffold.layout import PROJECTS, ROOT
 
 VENV_BIN = Path(sys.executable).parent
@@ -138,17 +138,13 @@ def start_mlflow_run(
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
     env = client_env(tracking_uri, LIFECYCLE_MARK=mark)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command,
-            cwd=log.parent,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+    return start(
+        command,
+        log,
+        env,
+        cwd=log.parent,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def processes_with_env(name: str, value: str) -> list[int]:

@@ -14,6 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from data_loader.idx import read_idx, write_idx
+from mnist.tracking import LOG_EVERY_STEPS
 from ready_for_mlflow.servers import S3, client_env, mlflow_server, postgres, postgres_binaries
 from scaffold.layout import PROJECTS, ROOT
 from tests.helpers.commands import mlflow_run
@@ -21,7 +22,6 @@ from tests.helpers.components import require
 
 MNIST_CONDA = PROJECTS / "mnist-conda"
 SAMPLE = ROOT / "example" / "data_loader" / "mnist_sample"
-LOG_EVERY_STEPS = 10  # mnist.train logs the step loss every 10 steps
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy")
 FINAL_METRICS = ("test_loss", "test_accuracy")
 EXPERIMENT = "load"

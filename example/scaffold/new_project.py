@@ -51,7 +51,10 @@ K8S_SMOKE = (
 )
 # The mount: with the local store, MLflow 3 writes the logged model under the experiment's
 # artifact root, which MLflow's Docker backend does not mount by itself (see the Makefile).
-DOCKER_RUN = "mlflow run --build-image -A network=host -A v=$PWD/mlruns:$PWD/mlruns"
+DOCKER_RUN = (
+    "mlflow run --build-image -A network=host -A v=$PWD/mlruns:$PWD/mlruns"
+    " -A user=$(id -u):$(id -g)"
+)
 
 
 @dataclass(frozen=True)

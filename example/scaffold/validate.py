@@ -366,7 +366,7 @@ def check_kubernetes(project: Project) -> list[str]:
     if not isinstance(config.get("repository-uri"), str):
         problems.append(
             f"{config_name}: lacks 'repository-uri': expected the image repository, "
-            "e.g. localhost:5000/<project>"
+            "e.g. localhost:5050/<project>"
         )
     if project.spec is not None and project.spec.env_type != env_type.DOCKER:
         problems.append("MLproject: a Kubernetes project needs docker_env: expected an image")

@@ -1,6 +1,7 @@
 """Fit an ElasticNet on scikit-learn's diabetes data and record it in MLflow.
 
     mlflow run --build-image -A network=host projects/elasticnet-docker -P alpha=0.001
+        (with a tracking server; for the local store see the project's README)
     python -m elasticnet.train --alpha 0.001        (from this folder)
 
 `mlflow run` passes `-P alpha=abc` through unchecked, so the values are checked here first.

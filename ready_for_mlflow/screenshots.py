@@ -48,6 +48,11 @@ RUN_COLUMNS = (
     "test_accuracy",
 )
 CHROMIUM = ("chromium", "chromium-browser")
+# The runs list's expander of a parent run (the id MLflow 3.17's UI gives that button).
+NESTED_RUNS_TOGGLE = (
+    "codegen_mlflow_app_src_experiment-tracking_components_experiment-page_components_runs_cells"
+    "_runnamecellrenderer.tsx_46"
+)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,7 @@ class View:
     ready: str
     columns: tuple[str, ...] = ()  # toggled in the runs list's Columns menu
     click: str = ""  # a text to click before the capture (a file to preview)
+    expand: bool = False  # open the first parent run's nested runs (a sweep's trials)
 
 
 def views(recorded: Recorded, run_names: list[str]) -> list[View]:
@@ -202,7 +208,11 @@ def views(recorded: Recorded, run_names: list[str]) -> list[View]:
     ]
     if "mnist-sweep" in recorded.experiments:
         sweep = recorded.experiments["mnist-sweep"]
-        found.append(View("sweep-runs", f"/experiments/{sweep}/runs", "mnist-sweep"))
+        found.append(
+            View(
+                "sweep-runs", f"/experiments/{sweep}/runs", "mnist-sweep", RUN_COLUMNS, expand=True
+            )
+        )
     return found
 
 
@@ -247,6 +257,8 @@ def capture(url: str, shots: list[View], out_dir: Path, timeout_s: float = 60) -
                 toggle_columns(page, view.columns)
             if view.click:
                 page.get_by_text(view.click, exact=True).first.click()
+            if view.expand:
+                page.locator(f'[data-component-id="{NESTED_RUNS_TOGGLE}"]').first.click()
             close_assistant(page)
             time.sleep(2)  # the UI polls, so the network is never idle; charts animate in
             page.screenshot(path=out_dir / f"{view.name}.png")

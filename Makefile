@@ -13,7 +13,12 @@ RUN_ENV := PATH="$(BIN):$$PATH"
 # uses by default from this folder). Every target that records or reads prints it.
 LOCAL_STORE := sqlite:///$(CURDIR)/mlflow.db
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(LOCAL_STORE))
-SAY_STORE = @echo "Tracking store: $(TRACKING_URI)"
+# What is printed of it: a password in it (scheme://user:password@...) as ***, the rule of
+# project_tools.secrets.redact. Recipes read the URI from their environment, never from their
+# command line, which make echoes.
+SHOWN_STORE = $(shell printf '%s' '$(TRACKING_URI)' | sed -E 's|^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]+):[^/@]+@|\1:***@|')
+SAY_STORE = @echo "Tracking store: $(SHOWN_STORE)"
+run ui sweep run-docker run-k8s promote serve predict: export MLFLOW_TRACKING_URI := $(TRACKING_URI)
 PROJECT ?= projects/mnist-conda
 ENV_MANAGER ?= local
 RUN_ARGS ?=
@@ -45,6 +50,7 @@ K8S_PROJECT ?= projects/mnist-k8s
 REGISTRY ?= localhost:5050
 KUBE_CONTEXT ?= $(shell kubectl config current-context 2>/dev/null)
 KUBE_TRACKING_URI ?= $(TRACKING_URI)
+run-k8s: export KUBE_MLFLOW_TRACKING_URI = $(KUBE_TRACKING_URI)
 REGISTRY_PORT ?= 5050
 STATE := $(CURDIR)/.run
 
@@ -69,13 +75,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 run: setup ## Train projects/mnist-conda on the bundled data into the local store
 	$(SAY_STORE)
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) \
-	  $(BIN)/mlflow run $(PROJECT) --env-manager $(ENV_MANAGER) $(RUN_ARGS)
+	$(RUN_ENV) $(BIN)/mlflow run $(PROJECT) --env-manager $(ENV_MANAGER) $(RUN_ARGS)
 	@echo "Open the UI on this store: make ui   (then http://127.0.0.1:$(UI_PORT))"
 
 ui: setup ## Open the MLflow UI on the tracking store
 	$(SAY_STORE)
-	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port $(UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" --port $(UI_PORT)
 
 test: setup ## The quick part of the suite: no Docker, server, image push, uv build or long training
 	$(RUN_ENV) $(BIN)/pytest -m "$(QUICK_TESTS)" $(PYTEST_ARGS)
@@ -103,7 +108,7 @@ clean: ## Remove the local tracking store (mlflow.db, mlruns/)
 
 sweep: setup ## Optuna sweep of projects/mnist-conda: TRIALS trials, PARALLEL at a time; best -> MODEL (mnist)
 	$(SAY_STORE)
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run projects/mnist-sweep \
+	$(RUN_ENV) $(BIN)/mlflow run projects/mnist-sweep \
 	  --env-manager $(ENV_MANAGER) -P trials=$(TRIALS) -P max_parallel=$(PARALLEL) \
 	  -P registered_model_name=$(or $(MODEL),mnist) $(RUN_ARGS)
 
@@ -115,7 +120,7 @@ validate: setup ## Check every project under projects/ (MLproject, env, Dockerfi
 	@$(BIN)/python -m scaffold.validate --projects-dir $(CURDIR)/projects
 
 store: ## Print the tracking store that the targets use (TRACKING_URI rule above)
-	@echo "Tracking store: $(TRACKING_URI)"
+	@echo "Tracking store: $(SHOWN_STORE)"
 
 docker-check:
 	@docker info >/dev/null 2>&1 || { echo "make $(firstword $(MAKECMDGOALS)): no Docker daemon answers (docker info failed): start dockerd or Docker Desktop" >&2; exit 1; }
@@ -137,15 +142,15 @@ run-docker: setup docker-check ## Run mnist-docker and elasticnet-docker with ml
 	$(SAY_STORE)
 	@for image in mlflow-store/mnist-deps:1 mlflow-store/elasticnet-deps:1; do \
 	  docker image inspect $$image >/dev/null 2>&1 || { echo "make run-docker: image $$image is missing: run make docker-images" >&2; exit 1; }; done
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run --build-image \
+	$(RUN_ENV) $(BIN)/mlflow run --build-image \
 	  $(DOCKER_RUN_ARGS) projects/mnist-docker $(RUN_ARGS)
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow run --build-image \
+	$(RUN_ENV) $(BIN)/mlflow run --build-image \
 	  $(DOCKER_RUN_ARGS) projects/elasticnet-docker -P alpha=0.001
 
 run-k8s: setup docker-check ## Run K8S_PROJECT (mnist-k8s) as a Kubernetes Job (REGISTRY, KUBE_CONTEXT, TRACKING_URI)
 	@[ -f $(K8S_PROJECT)/kubernetes_config.json ] || { echo "make run-k8s: $(K8S_PROJECT) has no kubernetes_config.json: set K8S_PROJECT=projects/<name>-k8s" >&2; exit 1; }
 	@[ -n "$(KUBE_CONTEXT)" ] && kubectl config get-contexts "$(KUBE_CONTEXT)" >/dev/null 2>&1 || { echo "make run-k8s: no kube context '$(KUBE_CONTEXT)': set KUBE_CONTEXT= to one of 'kubectl config get-contexts'" >&2; exit 1; }
-	@case "$(TRACKING_URI)" in http://*|https://*) ;; *) echo "make run-k8s: the pod needs a tracking server, not $(TRACKING_URI): set TRACKING_URI=http(s)://..." >&2; exit 1;; esac
+	@case "$$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) echo "make run-k8s: the pod needs a tracking server, not $(SHOWN_STORE): set TRACKING_URI=http(s)://..." >&2; exit 1;; esac
 	@registry="$(REGISTRY)"; host=$${registry%%/*}; port=443; case $$host in *:*) port=$${host##*:}; host=$${host%%:*};; esac; \
 	  timeout 5 bash -c "</dev/tcp/$$host/$$port" 2>/dev/null || { echo "make run-k8s: registry $(REGISTRY) does not answer on $$host:$$port: start one with make registry, or set REGISTRY=" >&2; exit 1; }
 	@image=$$(sed -n 's/^[[:space:]]*image:[[:space:]]*//p' $(K8S_PROJECT)/MLproject | head -1); \
@@ -155,18 +160,12 @@ run-k8s: setup docker-check ## Run K8S_PROJECT (mnist-k8s) as a Kubernetes Job (
 	  config = json.load(open("$(K8S_PROJECT)/kubernetes_config.json")); \
 	  config.update({"kube-context": "$(KUBE_CONTEXT)", "repository-uri": "$(REGISTRY)/$(notdir $(K8S_PROJECT))"}); \
 	  json.dump(config, open("$(STATE)/kubernetes_config.json", "w"), indent=2)'
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) KUBE_MLFLOW_TRACKING_URI=$(KUBE_TRACKING_URI) \
-	  $(BIN)/mlflow run --backend kubernetes --backend-config $(STATE)/kubernetes_config.json \
+	$(RUN_ENV) $(BIN)/mlflow run --backend kubernetes --backend-config $(STATE)/kubernetes_config.json \
 	  --build-image $(K8S_PROJECT) $(RUN_ARGS)
 
-registry: ## Start a local image registry on 127.0.0.1:REGISTRY_PORT (default 5050)
-	@command -v docker-registry >/dev/null || { echo "make registry: docker-registry is not installed: apt-get install docker-registry" >&2; exit 1; }
-	@mkdir -p $(STATE)/registry
-	@printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-	  $(STATE)/registry $(REGISTRY_PORT) > $(STATE)/registry.yml
-	@docker-registry serve $(STATE)/registry.yml > $(STATE)/registry.log 2>&1 & echo $$! > $(STATE)/registry.pid
-	@echo "registry on 127.0.0.1:$(REGISTRY_PORT) (pid $$(cat $(STATE)/registry.pid), log $(STATE)/registry.log); stop with make registry-stop"
+registry: setup ## Start a local image registry on 127.0.0.1:REGISTRY_PORT (default 5050)
+	@$(BIN)/python -m ready_for_mlflow.servers registry start --port $(REGISTRY_PORT) --state $(STATE)
 
 registry-stop: ## Stop the registry that make registry started
-	@[ -f $(STATE)/registry.pid ] && kill $$(cat $(STATE)/registry.pid) && rm $(STATE)/registry.pid && echo "registry stopped" || echo "no registry started by make registry"
+	@$(BIN)/python -m ready_for_mlflow.servers registry stop --state $(STATE)
 include ready_for_mlflow/server.mk

@@ -9,12 +9,18 @@ the wall time and the peak RSS of the module's process beside it.
 
 from __future__ import annotations
 
+import argparse
 import resource
 import subprocess
 import sys
 import time
 
 from benchmarks.results import Row, record
+from project_tools.cli import OneLineParser, fail
+
+PROG = "benchmarks.captured"
+# The benchmarks that print their results as Markdown tables.
+TABLE_MODULES = ("mnist_recipes", "ddp_throughput")
 
 
 def table_rows(lines: list[str]) -> list[Row]:
@@ -33,10 +39,16 @@ def table_rows(lines: list[str]) -> list[Row]:
     return rows
 
 
-def main(argv: list[str]) -> None:
-    if not argv:
-        sys.exit("benchmarks.captured: error: name the module, e.g. mnist_recipes")
-    module, args = argv[0], argv[1:]
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("module", choices=TABLE_MODULES, help="the benchmark to run")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parsed = parse_args(argv)
+    module, args = parsed.module, parsed.args
     command = [sys.executable, "-m", f"benchmarks.{module}", *args]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -45,7 +57,7 @@ def main(argv: list[str]) -> None:
         print(line, end="", flush=True)
         lines.append(line.rstrip("\n"))
     if process.wait() != 0:
-        sys.exit(f"benchmarks.captured: error: {module} exited with {process.returncode}")
+        fail(PROG, f"{module} exited with {process.returncode}", status=1)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     notes = " ".join(line for line in lines if line and not line.startswith("|"))[:500]
@@ -55,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

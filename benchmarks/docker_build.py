@@ -12,7 +12,6 @@ results.json). The images made here are removed again.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results import RESULTS, record
+from project_tools.cli import OneLineParser
 from scaffold.layout import PROJECTS
 
 PROJECT = PROJECTS / "mnist-docker"
@@ -91,7 +91,7 @@ def last_cold() -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="benchmarks.docker_build", description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also build the dependency image")
     args = parser.parse_args()
     if docker("info").returncode != 0:

@@ -9,7 +9,6 @@ rest is make, `mlflow run` and Python starting.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import tempfile
@@ -19,12 +18,15 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from benchmarks.results import record
+from project_tools.cli import OneLineParser, number
 from scaffold.layout import ROOT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=0, help="0: the default parameters")
+    parser = OneLineParser(prog="benchmarks.make_run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--epochs", type=number(int, 0), default=0, help="0: the default parameters"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="make-run-") as folder:
         store = f"sqlite:///{Path(folder) / 'mlflow.db'}"

@@ -15,7 +15,6 @@ loading the data and the test evaluation are excluded.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import time
@@ -31,6 +30,7 @@ from torch.nn import functional as F
 
 from data_loader import load_mnist, make_loader, split_train_val
 from mnist.recipe import evaluate, fit
+from project_tools.cli import OneLineParser, number
 
 CPU = torch.device("cpu")
 MLPROJECT = Path(__file__).resolve().parents[1] / "projects" / "mnist-conda" / "MLproject"
@@ -138,9 +138,11 @@ def summary(rows: list[Row], name: str, reference_seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference-epochs", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=3, help="how many seeds, from the default")
+    parser = OneLineParser(prog="benchmarks.mnist_recipes", description=__doc__.splitlines()[0])
+    parser.add_argument("--reference-epochs", type=number(int, 1), default=3)
+    parser.add_argument(
+        "--seeds", type=number(int, 1), default=3, help="how many seeds, from the default"
+    )
     args = parser.parse_args()
     first_seed = int(project_defaults()["seed"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")

@@ -14,6 +14,8 @@ import platform
 import time
 from pathlib import Path
 
+from project_tools.cli import OneLineParser
+
 RESULTS = Path(__file__).with_name("results.json")
 
 Row = dict[str, object]
@@ -93,7 +95,8 @@ def describe(info: dict[str, object]) -> str:
     return f"{info.get('cores')} cores, {info.get('cpu')}, torch {info.get('torch')}, {gpu}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    OneLineParser(prog="benchmarks.results", description=__doc__.splitlines()[0]).parse_args(argv)
     results = load()
     print(f"# make benchmark: {describe(results['machine'])}")
     for name, entry in results["benchmarks"].items():

@@ -3,16 +3,16 @@
     python -m benchmarks.serving [--requests 200]
 
 A one-epoch mnist model is registered through a tracking server on loopback (SQLite store,
-artifacts proxied to a local S3 endpoint), then served exactly as `make serve` does. On the
-same bundled test digits: latency of one image per request (p50, p99, over ``--requests``
-requests on one kept-alive connection) and throughput in batches of 256, each beside the
+artifacts proxied to a local S3 endpoint), then served by `mlflow models serve`, which
+`make serve` runs after its pickle check. On the same bundled test digits: latency of one
+image per request (p50, p99, over ``--requests`` requests on one kept-alive connection) and
+throughput in batches of 256, each beside the
 same model's ``predict`` in this process (the floor); and `python -m predict` on the 2,000
 test digits beside the in-process predict of the same digits.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -25,6 +25,7 @@ import requests
 
 from benchmarks.results import record
 from data_loader import load_mnist
+from project_tools.cli import OneLineParser, number
 from ready_for_mlflow.servers import HOST, VENV_BIN, free_port, launch, mlflow_server, moto_s3, stop
 from scaffold.layout import ROOT
 
@@ -59,8 +60,8 @@ def register(url: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
+    parser = OneLineParser(prog="benchmarks.serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=number(int, 1), default=200)
     args = parser.parse_args()
     images = load_mnist(split="test").images.numpy()
     os.environ["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = "cpu"

@@ -11,7 +11,6 @@ includes the same 10 steps), then the process group is stopped: no run is traine
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from benchmarks.results import record
+from project_tools.cli import OneLineParser, number
 from ready_for_mlflow.servers import VENV_BIN
 from scaffold.layout import PROJECTS
 
@@ -77,8 +77,8 @@ def first_step(command: list[str], template: Path, work: Path, timeout: float = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser = OneLineParser(prog="benchmarks.startup", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=number(int, 1), default=2)
     parser.add_argument("--skip-uv", action="store_true", help="no uv environment here")
     args = parser.parse_args()
     ways = {k: v for k, v in WAYS.items() if not (args.skip_uv and "uv" in k)}

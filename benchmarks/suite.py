@@ -8,7 +8,6 @@ a JUnit report from which the slowest tests are read. Failures are recorded, not
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import tempfile
 import time
@@ -16,11 +15,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from benchmarks.results import record
+from project_tools.cli import OneLineParser
 from scaffold.layout import ROOT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="benchmarks.suite", description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="make test-all instead of make test")
     args = parser.parse_args()
     target = "test-all" if args.all else "test"

@@ -24,6 +24,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from benchmarks.results import record
+from project_tools.cli import OneLineParser, number
 from ready_for_mlflow.servers import mlflow_server, moto_s3, postgres, postgres_binaries
 
 STORES = ("postgresql", "sqlite", "sqlite-file")
@@ -110,11 +111,11 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, object
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=2)
+    parser = OneLineParser(prog="benchmarks.tracking_load", description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=number(int, 1), default=8)
+    parser.add_argument("--seconds", type=number(float, 0, open_low=True), default=20)
+    parser.add_argument("--batch", type=number(int, 1), default=50)
+    parser.add_argument("--workers", type=number(int, 1), default=2)
     parser.add_argument("--stores", default=",".join(STORES))
     args = parser.parse_args()
     kinds = [k for k in args.stores.split(",") if k]

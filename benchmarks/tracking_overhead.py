@@ -14,7 +14,6 @@ also split: the loop with its metrics alone, the datasets, the model.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from mnist.tracking import (
     log_step_loss,
     metrics_sent_at_exit,
 )
+from project_tools.cli import OneLineParser, number
 from ready_for_mlflow.servers import mlflow_server, moto_s3
 
 CPU = torch.device("cpu")
@@ -79,9 +79,9 @@ def tracked(loaders, epochs: int, data, attempt: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=int(DEFAULTS["epochs"]))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser = OneLineParser(prog="benchmarks.tracking_overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=number(int, 1), default=int(DEFAULTS["epochs"]))
+    parser.add_argument("--repeats", type=number(int, 1), default=2)
     args = parser.parse_args()
     train_full, test = load_mnist(split="train"), load_mnist(split="test")
     train_set, val_set = split_train_val(train_full, float(DEFAULTS["val_fraction"]), SEED)

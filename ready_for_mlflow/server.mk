@@ -11,6 +11,8 @@ SERVE_PORT ?= 5003
 MODEL ?=
 VERSION ?=
 INPUT ?=
+# make serve ALLOW_PICKLE=1: serve pickled models too (loading one runs its author's code).
+ALLOW_PICKLE ?=
 
 # The settings of ready_for_mlflow/servers.py, which starts and stops the servers.
 SERVER_ENV := SERVER_STATE="$(SERVER_STATE)" SERVER_PORT="$(SERVER_PORT)" \
@@ -32,14 +34,13 @@ promote: setup ## Evaluate MODEL VERSION on held-out data; move alias champion t
 	@MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/python -m ready_for_mlflow.promote \
 	  "$(MODEL)" "$(VERSION)"
 
-serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT
+serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT; ALLOW_PICKLE=1 serves pickled models too (their code runs)
 	@[ -n "$(MODEL)" ] || \
 	  { echo "make serve: set MODEL=<model URI>, e.g. MODEL=models:/mnist@champion" >&2; exit 2; }
 	$(SAY_STORE)
-	$(RUN_ENV) MLFLOW_TRACKING_URI=$(TRACKING_URI) \
-	  MLFLOW_DEFAULT_PREDICTION_DEVICE=$${MLFLOW_DEFAULT_PREDICTION_DEVICE:-cpu} \
-	  $(BIN)/mlflow models serve -m "$(MODEL)" \
-	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+	$(RUN_ENV) MLFLOW_DEFAULT_PREDICTION_DEVICE=$${MLFLOW_DEFAULT_PREDICTION_DEVICE:-cpu} \
+	  $(BIN)/python -m predict.serve "$(MODEL)" --host 127.0.0.1 --port $(SERVE_PORT) \
+	  --prog "make serve" --allow-hint ALLOW_PICKLE=1 $(if $(filter 1,$(ALLOW_PICKLE)),--allow-pickle)
 
 predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL
 	@[ -n "$(MODEL)" ] && [ -n "$(INPUT)" ] || \

@@ -1,12 +1,14 @@
-"""Local servers on loopback: an S3 endpoint (moto), PostgreSQL, `mlflow server`.
+"""Local servers on loopback: an S3 endpoint (moto), PostgreSQL, `mlflow server`, and the image
+registry that Kubernetes pods pull from (Debian's docker-registry).
 
 Every process starts in its own process group and is stopped with its children in teardown.
 Only the *server* gets S3 credentials: clients reach artifacts through the server's proxy.
 
-The tests use the context managers below; `make server` and `make server-stop` use the same
-code through the command line at the end of this module::
+The tests use the context managers below; `make server`, `make server-stop`, `make registry`
+and `make registry-stop` use the same code through the command line at the end of this module::
 
     python -m ready_for_mlflow.servers start|stop [--port N --s3-port N ...]
+    python -m ready_for_mlflow.servers registry start|stop [--port N --state DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import boto3
 from dotenv import dotenv_values
 
 from project_tools.cli import OneLineParser, fail, number
+from project_tools.redaction import redact
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -286,6 +289,34 @@ def postgres(bin_dir: Path, user: str = "mlflow", password: str = "local-test") 
         shutil.rmtree(data, ignore_errors=True)
 
 
+def registry_config(storage: Path, port: int) -> str:
+    """docker-registry's configuration: layers in ``storage``, HTTP on loopback ``port``."""
+    return (
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n"
+        f"http:\n  addr: {HOST}:{port}\n"
+    )
+
+
+def start_registry(port: int, storage: Path, workdir: Path) -> subprocess.Popen:
+    """Debian's docker-registry on loopback ``port`` (Docker trusts 127.0.0.0/8 over plain HTTP),
+    keeping its layers in ``storage``, answering; its config and log go in ``workdir``."""
+    config = workdir / "registry.yml"
+    config.write_text(registry_config(storage, port))
+    command = ["docker-registry", "serve", str(config)]
+    return launch(command, workdir / "registry.log", f"http://{HOST}:{port}/v2/", timeout=30)
+
+
+@contextmanager
+def docker_registry(workdir: Path, storage: Path) -> Iterator[str]:
+    """:func:`start_registry` on a free port; yields its address, ``host:port``."""
+    port = free_port()
+    process = start_registry(port, storage, workdir)
+    try:
+        yield f"{HOST}:{port}"
+    finally:
+        stop(process)
+
+
 # The command line of `make server` / `make server-stop`. Each setting is an option whose default
 # is the environment variable of the same name (ready_for_mlflow/server.mk sets them).
 PROG = "make server"
@@ -328,13 +359,15 @@ def gone(pid: int, seconds: float) -> bool:
     return not running(pid)
 
 
-def stop_recorded(state: Path) -> list[str]:
-    """Stop every process group recorded in ``state``; forget every pid file; say what stopped."""
+def stop_recorded(state: Path, only: str | None = None) -> list[str]:
+    """Stop every process group recorded in ``state`` (or only the one named ``only``); forget
+    their pid files; say what stopped."""
     stopped = []
     for name, pid in recorded(state).items():
-        stop_group(pid, partial(gone, pid), timeout=15)
-        stopped.append(f"stopped {name} (pid {pid})")
-    for pid_file in state.glob("*.pid"):
+        if only in (None, name):
+            stop_group(pid, partial(gone, pid), timeout=15)
+            stopped.append(f"stopped {name} (pid {pid})")
+    for pid_file in state.glob(f"{only or '*'}.pid"):
         pid_file.unlink()
     return stopped
 
@@ -412,7 +445,7 @@ def start_servers(args: argparse.Namespace) -> None:
         if isinstance(error, Exception):
             fail(PROG, one_line(error), status=1)
         raise
-    print(f"tracking server: {url} (store {store}, artifacts {artifacts})")
+    print(f"tracking server: {url} (store {redact(store)}, artifacts {artifacts})")
     print(f"clients need no S3 key: export MLFLOW_TRACKING_URI={url}")
     print(f"logs and pids in {state}; stop with: make server-stop")
 
@@ -450,7 +483,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The command line of `make registry` / `make registry-stop`: the layers are kept in
+# <state>/registry, beside the pid file, config and log.
+REGISTRY_PROG = "make registry"
+REGISTRY = "registry"
+
+
+def start_registry_detached(args: argparse.Namespace) -> None:
+    """`make registry`: the image registry on ``args.port``, detached."""
+    state: Path = args.state
+    if shutil.which("docker-registry") is None:
+        missing = "docker-registry is not installed: apt-get install docker-registry"
+        fail(REGISTRY_PROG, missing, status=1)
+    state.mkdir(parents=True, exist_ok=True)
+    if pid := recorded(state).get(REGISTRY):
+        fail(REGISTRY_PROG, f"already running (pid {pid}); make registry-stop first", status=1)
+    if port_busy(args.port):
+        busy = f"port {args.port} on {HOST} is in use; set REGISTRY_PORT=..."
+        fail(REGISTRY_PROG, busy, status=1)
+    try:
+        process = start_registry(args.port, state / REGISTRY, state)
+    except Exception as error:
+        fail(REGISTRY_PROG, one_line(error), status=1)
+    record(state, REGISTRY, process)
+    print(
+        f"registry on {HOST}:{args.port} (pid {process.pid}, log {state / 'registry.log'}); "
+        "stop with make registry-stop"
+    )
+
+
+def stop_registry(args: argparse.Namespace) -> None:
+    """`make registry-stop`: stop the registry that `make registry` recorded."""
+    stopped = stop_recorded(args.state, only=REGISTRY)
+    print("\n".join(stopped) or f"nothing to stop: no running registry recorded in {args.state}")
+
+
+def parse_registry_args(argv: list[str]) -> argparse.Namespace:
+    parser = OneLineParser(
+        prog=REGISTRY_PROG,
+        description="Start or stop a local image registry (docker-registry) on loopback.",
+    )
+    parser.add_argument("action", choices=("start", "stop"))
+    parser.add_argument("--port", type=number(int, 1, 65535), default=5050)
+    parser.add_argument(
+        "--state", type=Path, default=ROOT / ".run", help="pid, config, log and layers"
+    )
+    args = parser.parse_args(argv)
+    args.state = args.state.absolute()
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [REGISTRY]:
+        args = parse_registry_args(argv[1:])
+        (start_registry_detached if args.action == "start" else stop_registry)(args)
+        return
     args = parse_args(argv)
     (start_servers if args.action == "start" else stop_servers)(args)
 

@@ -21,17 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from data_loader import load_mnist
-from ready_for_mlflow.servers import (
-    HOST,
-    S3,
-    TrackingServer,
-    free_port,
-    mlflow_server,
-    moto_s3,
-    start,
-    stop,
-    wait_http,
-)
+from ready_for_mlflow.servers import S3, TrackingServer, docker_registry, mlflow_server, moto_s3
 from tests.helpers.artifacts import DigitFiles, TrainedModel
 from tests.helpers.commands import run_project
 from tests.helpers.components import require
@@ -88,7 +78,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterato
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's docker-registry on a free loopback port (Docker trusts 127.0.0.0/8 over HTTP).
+    """The image registry of `make registry` on a free loopback port; yields ``host:port``.
 
     Its storage is kept in a cache folder, as a team registry keeps its layers: the first push
     uploads the ~7 GB dependency layers (minutes), later pushes only the project's code layer.
@@ -98,20 +88,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         shutil.which("docker-registry") is not None,
         "apt-get install docker-registry",
     )
-    workdir = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = workdir / "registry.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {REGISTRY_CACHE}\n"
-        f"http:\n  addr: {HOST}:{port}\n"
-    )
-    log = workdir / "registry.log"
-    process = start(["docker-registry", "serve", str(config)], log)
-    try:
-        wait_http(f"http://{HOST}:{port}/v2/", process, log, timeout=30)
-        yield f"{HOST}:{port}"
-    finally:
-        stop(process)
+    with docker_registry(tmp_path_factory.mktemp("registry"), REGISTRY_CACHE) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """The container path: dependency-only Dockerfiles, pins that agree, no secret in any image or
 committed file, and `make run-docker` failing fast without a Docker engine. Nothing lost and
 nothing leaked: a model that the container would lose stops the run before training, the image
-run without --build-image says so, no credential value reaches the output or an image, and the
-images run as a non-root user."""
+run without --build-image says so, no credential value reaches the output or an image (nor
+the password of a tracking URI what make prints), and the images run as a non-root user."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ import re
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import S3
+from ready_for_mlflow.servers import HOST, S3, TrackingServer, free_port
 from scaffold.layout import PROJECTS, ROOT
 from tests.helpers.commands import make, mlflow_run, one_line_reason, only_run
-from tests.helpers.components import docker_image, require_docker_image
+from tests.helpers.components import docker_image, require_docker, require_docker_image
 from tests.helpers.heldout import load_model
 from tests.helpers.projects import project_dirs, smoke_config
 
@@ -33,6 +34,7 @@ DOCKER_PROJECTS = [
 ]
 MNIST_DOCKER = PROJECTS / "mnist-docker"
 ELASTICNET = PROJECTS / "elasticnet-docker"
+MNIST_K8S = PROJECTS / "mnist-k8s"
 BUILD_IMAGE = ["--build-image", "-A", "network=host"]
 # The container writes a local store as its owner (the images run as uid 1000).
 AS_OWNER = ["-A", f"user={os.getuid()}:{os.getgid()}"]
@@ -298,6 +300,89 @@ def test_build_refuses_a_credential_file(tracking_uri: str, tmp_path: Path) -> N
     assert len(reasons) == 1 and f"{project}/.env " in reasons[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert only_run(tracking_uri).info.status == "FAILED"
+    assert leaked(keys, result.stdout, result.stderr) == []
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` (http://host:port) with the user ``alice`` and ``password`` in it."""
+    return url.replace("://", f"://alice:{password}@", 1)
+
+
+def test_make_run_masks_the_password_of_a_tracking_server_that_is_down() -> None:
+    """`make run` on http://alice:<password>@<closed port>: within 30 s, one line naming the
+    URI with its password masked; the password is in nothing it prints."""
+    password = f"fake-uri-password-{secrets.token_hex(8)}"
+    down = f"http://{HOST}:{free_port()}"
+    started = time.monotonic()
+    result = make("run", f"TRACKING_URI={with_password(down, password)}", "RUN_ARGS=-P epochs=1")
+    assert time.monotonic() - started < 30
+    masked = with_password(down, "***")
+    reason = one_line_reason(result, "mlflow: error:")
+    assert f"tracking server {masked} did not answer" in reason, reason
+    assert f"Tracking store: {masked}" in result.stdout, result.stdout
+    assert leaked({"uri password": password}, result.stdout, result.stderr) == []
+
+
+def kube_context(path: Path, name: str, server: str) -> Path:
+    """A kubeconfig at ``path`` whose only context ``name`` points at ``server``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": name,
+        "clusters": [{"name": name, "cluster": {"server": server}}],
+        "users": [{"name": name, "user": {}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.docker
+def test_make_run_k8s_masks_the_password_of_a_database_store(tmp_path: Path) -> None:
+    """A PostgreSQL store is refused (the pod needs a server) in one line naming it, with its
+    password masked."""
+    require_docker()
+    password = f"fake-db-password-{secrets.token_hex(8)}"
+    database = f"postgresql://mlflow:{password}@{HOST}:5432/mlflow"
+    kubeconfig = kube_context(tmp_path / "kubeconfig", "lab", f"https://{HOST}:{free_port()}")
+    result = make(
+        "run-k8s", f"TRACKING_URI={database}", KUBECONFIG=str(kubeconfig), KUBE_CONTEXT="lab"
+    )
+    reason = one_line_reason(result, "make run-k8s:")
+    assert f"not postgresql://mlflow:***@{HOST}:5432/mlflow" in reason, reason
+    assert leaked({"database password": password}, result.stdout, result.stderr) == []
+
+
+@pytest.mark.docker
+@pytest.mark.server
+@pytest.mark.slow
+def test_make_run_k8s_prints_no_credential_value(
+    registry: str, tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    """`make run-k8s` as far as it goes without a cluster: the image is built, pushed to a real
+    registry and the Job submitted, to a kube context whose API server is a closed port (no
+    Kubernetes cluster can run here). Fake keys in the environment and a password in the
+    tracking URI: no value is in what it prints."""
+    require_docker_image(MNIST_K8S)
+    keys = fake_credentials() | {"uri password": f"fake-uri-password-{secrets.token_hex(8)}"}
+    env = {k: v for k, v in keys.items() if k != "uri password"}
+    kubeconfig = kube_context(tmp_path / "kubeconfig", "lab", f"https://{HOST}:{free_port()}")
+    result = make(
+        "run-k8s",
+        f"TRACKING_URI={with_password(tracking_server.url, keys['uri password'])}",
+        "RUN_ARGS=-P epochs=1",
+        timeout=900,
+        KUBECONFIG=str(kubeconfig),
+        KUBE_CONTEXT="lab",
+        REGISTRY=registry,
+        **env,
+    )
+    pushed = [line for line in result.stderr.splitlines() if "=== Pushing docker image" in line]
+    for line in pushed:  # the tag MLflow built and pushed
+        subprocess.run(["docker", "rmi", line.split()[-2]], capture_output=True, check=False)
+    assert result.returncode != 0, "no cluster answers: the Job cannot have been created"
+    assert pushed and "=== Creating Job" in result.stderr, result.stderr[-3000:]
+    assert f"Tracking store: {with_password(tracking_server.url, '***')}" in result.stdout
     assert leaked(keys, result.stdout, result.stderr) == []
 
 

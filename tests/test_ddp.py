@@ -2,7 +2,7 @@
 MLflow run, how a failed rank ends it, and the Kubernetes Indexed Job that runs it on pods.
 
 Everything runs for real on this machine's CPU (gloo): `mlflow run` with 2 processes, a rank
-killed mid-training, and the Job's 2 pods as 2 containers of the pushed image (see
+killed or raising mid-training, and the Job's 2 pods as 2 containers of the pushed image (see
 tests/helpers/ddp.py for what stands in for the cluster). The smoke runs of both projects are
 in test_projects.py.
 """
@@ -21,6 +21,7 @@ import kubernetes_validate
 import mlflow.pyfunc
 import pytest
 import yaml
+from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from ready_for_mlflow.servers import S3, TrackingServer
@@ -28,6 +29,7 @@ from scaffold.layout import KUBERNETES_VERSION, PROJECTS
 from tests.helpers.commands import mlflow_run, one_line_reason, only_run
 from tests.helpers.ddp import (
     env_value,
+    failing_rank_env,
     launch,
     processes_with_env,
     project_python,
@@ -49,6 +51,16 @@ TOKEN = "MNIST_DDP_TEST_TOKEN"
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def datasets(run: Run) -> list[tuple[str, str, int, str]]:
+    """(name, context, rows, digest) of each dataset input of ``run``, sorted."""
+    found = []
+    for item in run.inputs.dataset_inputs:
+        (context,) = [tag.value for tag in item.tags if tag.key == "mlflow.data.context"]
+        rows = json.loads(item.dataset.profile)["features_shape"][0]
+        found.append((item.dataset.name, context, rows, item.dataset.digest))
+    return sorted(found)
 
 
 @pytest.mark.slow
@@ -73,6 +85,12 @@ def test_two_processes_make_one_run_that_matches_one_process(
     steps = metric_steps(client, run.info.run_id, "train_loss_step")
     assert steps == sorted(set(steps)) and steps[0] == 10, steps  # once per 10 steps, not twice
     assert result.stdout.count("epoch 1:") == 1, result.stdout
+    train_rows = int(run.data.params["train_size"]) + int(run.data.params["val_size"])
+    logged = datasets(run)  # rank 0's: the training digits (train and val) and the test digits
+    assert [found[:3] for found in logged] == [
+        ("mnist-testing", "testing", int(run.data.params["test_size"])),
+        ("mnist-training", "training", train_rows),
+    ], logged
     two = mnist_accuracy(mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model"))
     assert two >= 0.8
     assert two == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-3)
@@ -81,6 +99,7 @@ def test_two_processes_make_one_run_that_matches_one_process(
     assert single.returncode == 0, single.stderr[-3000:]
     one = only_run(tracking_uri, "tests")
     assert one.data.params["world_size"] == "1"
+    assert datasets(one) == logged  # the same digits whatever the number of processes
     assert abs(two - one.data.metrics["test_accuracy"]) <= 0.01, (two, one.data.metrics)
 
 
@@ -138,6 +157,50 @@ def test_killing_one_rank_ends_both_and_fails_the_run(
     run = only_run(tracking_uri)
     assert run.info.status == "FAILED"
     assert run.data.tags["failure"] == reason.removeprefix("mnist_ddp.launch: error: ")
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_fails_the_run_with_its_error(tracking_uri: str, tmp_path: Path) -> None:
+    """Rank 1 raises a ValueError at its 2nd optimizer step (a test-only sitecustomize on
+    PYTHONPATH: tests/helpers/rank_fault): rank 0 stops too, the launcher names rank 1's
+    exception from its error file, not rank 0's lost peer, and the run is FAILED with it as its
+    `failure` tag."""
+    token = uuid.uuid4().hex
+    env = failing_rank_env(1, 2, os.environ | {TOKEN: token})
+    result = mlflow_run(DDP_CONDA, tracking_uri, SHORT, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode != 0
+    reasons = [
+        line for line in result.stderr.splitlines() if line.startswith("mnist_ddp.launch: error:")
+    ]
+    error = "ValueError: fault injected into rank 1 at optimizer step 2"
+    assert reasons == [f"mnist_ddp.launch: error: rank 1 failed: {error}"], result.stderr[-3000:]
+    assert not processes_with_env(TOKEN, token), "a rank outlived the run"
+    run = only_run(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == f"rank 1 failed: {error}"
+    assert "world_size" in run.data.params  # rank 0 had started recording when rank 1 failed
+
+
+@pytest.mark.slow
+def test_diverging_loss_stops_every_rank_and_fails_the_run(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """A learning rate of 1e30: the loss summed across ranks is not finite at the same step on
+    every rank, so all ranks stop there with mnist's NonFiniteLoss, the launcher names it in one
+    line, and the run is FAILED with no model."""
+    params = SHORT | {"learning_rate": 1e30}
+    result = launch(DDP_CONDA, tracking_uri, params, tmp_path)
+    reason = one_line_reason(result, "mnist_ddp.launch: error:")
+    assert "NonFiniteLoss: the training loss became nan at epoch 1, step " in reason, reason
+    # Each rank that got to print before torchrun stopped the others names the same step.
+    ranks = [line for line in result.stderr.splitlines() if line.startswith("mnist_ddp.train:")]
+    assert ranks, result.stderr[-3000:]
+    assert all(line.split(": ", 3)[-1] in reason for line in ranks), (ranks, reason)
+    run = only_run(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == reason.removeprefix("mnist_ddp.launch: error: ")
+    client = MlflowClient(tracking_uri)
+    assert "model" not in [item.path for item in client.list_artifacts(run.info.run_id)]
 
 
 def test_pods_find_rank_zero_from_their_hostname() -> None:
@@ -239,15 +302,21 @@ def test_job_pods_train_as_one_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The pushed image by digest as the Job's 2 pods (JOB_COMPLETION_INDEX 0 and 1), against
-    a real tracking server: pod 1 finds rank 0 by name, and one run of world size 2 FINISHES."""
+    a real tracking server: pod 1 finds rank 0 by name, and one run of world size 2 FINISHES:
+    the run MLflow created for the Job, and no other (pod 1's rank recorded nothing)."""
+    started_ms = int(time.time() * 1000)
     done = run_indexed_job_in_docker(DDP_K8S, SHORT, registry, tracking_server.url, tmp_path)
     for index, pod in enumerate(done.pods):
         assert pod.returncode == 0, f"pod {index}: {pod.stderr[-3000:]}"
     job_name = done.job["metadata"]["name"]
     assert f"--node-rank=1 --master-addr={job_name}-0.mnist-ddp" in done.pods[1].stderr
     assert "epoch 1:" in done.pods[0].stdout and "epoch" not in done.pods[1].stdout
-    run = MlflowClient(tracking_server.url).get_run(done.run_id)
+    client = MlflowClient(tracking_server.url)
+    run = client.get_run(done.run_id)
     assert run.info.status == "FINISHED"
+    since = f"attributes.start_time >= {started_ms}"
+    new_runs = client.search_runs([run.info.experiment_id], since, ViewType.ALL)
+    assert [r.info.run_id for r in new_runs] == [done.run_id]
     assert run.data.params["world_size"] == "2"
     assert run.data.params["nnodes"] == "2"
     assert run.data.params["nproc_per_node"] == "1"

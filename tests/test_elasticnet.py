@@ -3,7 +3,10 @@ test_projects.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
 
 from elasticnet import train
@@ -39,9 +42,35 @@ def test_registered_version_is_ranked_by_rmse_lower_is_better(tracking_uri: str)
         (["--alpha", "1", "--l1-ratio", "1.5"], "expected a number between 0 and 1, got '1.5'"),
         (["--alpha", "1", "--seed=-1"], "argument --seed: expected an integer between 0 and"),
         (["--alpha", "1", "--registered-model-name", "a/b"], "expected a model name of letters"),
+        (["--alpha", "1", "--registered-model-name", ".."], "other than '.' that does not start"),
+        (["--alpha", "1", "--registered-model-name", " "], "a model name that is not only spaces"),
     ],
 )
 def test_bad_argument_is_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert_one_line_error(train.parse_args, argv, message, lambda: capsys.readouterr().err)
+
+
+def test_failed_registration_names_the_logged_model_and_how_to_retry(
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The registry's database is broken (a file that is not one): the run fails in one line
+    that says where the logged model is and how to register it, with a placeholder for the name
+    rather than the name (a name that the registry refuses is refused before training)."""
+    registry = tmp_path / "registry.db"
+    registry.write_text("not a database")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{registry}")
+    assert train.main(["--alpha", "0.001", "--registered-model-name", "diabetes-en"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("elasticnet.train:")]
+    model_uri = line.split("the model is logged at ")[1].split(" ")[0]
+    assert line.endswith(f"retry in Python with mlflow.register_model({model_uri!r}, <name>)")
+    assert "diabetes-en" not in line
+    (run,) = MlflowClient(tracking_uri).search_runs(["0"])
+    assert run.info.status == "FAILED"
+    assert get_model_info(model_uri).run_id == run.info.run_id  # the model is there, as said

@@ -38,6 +38,10 @@ MNIST_CONDA = PROJECTS / "mnist-conda"
         (["--num-workers", "1000"], "argument --num-workers: expected an integer between 0 and 32"),
         (["--download", "maybe"], "argument --download: expected true or false, got 'maybe'"),
         (["--registered-model-name", "bad/name"], "expected a model name of letters, digits"),
+        (["--registered-model-name", "  "], "expected a model name that is not only spaces"),
+        (["--registered-model-name", "."], "expected a model name other than '.' that does not"),
+        (["--registered-model-name", ".."], "expected a model name other than '.' that does not"),
+        (["--registered-model-name", "x" * 257], "expected a model name of at most 256 characters"),
         (["--data-dir", "/no/such/mnist"], "argument --data-dir: no such folder '/no/such/mnist'"),
     ],
 )
@@ -47,15 +51,17 @@ def test_bad_argument_is_one_line(
     assert_one_line_error(train.parse_args, argv, message, lambda: capsys.readouterr().err)
 
 
-def test_cuda_requested_without_cuda_is_clear(
-    tracking_uri: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("device", "kind"), [("cuda", "CUDA"), ("cuda:1", "CUDA"), ("mps", "MPS")])
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(
+    device: str, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    assert train.main(["--device", "cuda", "--epochs", "1"]) == 2
-    assert "device 'cuda' was asked for but CUDA is not available" in capsys.readouterr().err
+    if torch.cuda.is_available() if kind == "CUDA" else torch.backends.mps.is_available():
+        pytest.skip(f"this machine has {kind}")
+    message = f"argument --device: device {device!r} was asked for but {kind}"
+    argv = ["--device", device]
+    assert_one_line_error(train.parse_args, argv, message, lambda: capsys.readouterr().err)
 
 
 def run_metrics(tracking_uri: str) -> list[dict[str, float]]:
@@ -119,7 +125,7 @@ def test_failed_model_upload_keeps_the_trained_model(
 
 def test_bad_parameter_fails_the_run_in_one_line(tracking_uri: str, tmp_path: Path) -> None:
     """MLflow passes `-P epochs=abc` to the entry point unchecked: the package checks it (every
-    parameter's bad values: test_lifecycle.py::test_every_parameter_refuses_...)."""
+    parameter's bad values: test_projects.py::test_every_parameter_refuses_...)."""
     result = mlflow_run(MNIST_CONDA, tracking_uri, {"epochs": "abc"}, cwd=tmp_path)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("mnist.train: error:")]

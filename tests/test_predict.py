@@ -22,12 +22,14 @@ from ready_for_mlflow.servers import (
     TrackingServer,
     client_env,
     free_port,
+    port_busy,
     start,
     stop,
     wait_http,
 )
 from scaffold.layout import ROOT
 from tests.helpers.artifacts import DigitFiles, TrainedModel
+from tests.helpers.commands import make_command, one_line_reason
 from tests.helpers.hostile import (
     BOMB_IMAGES,
     run_limited,
@@ -135,6 +137,42 @@ def test_pickled_model_is_refused_unless_allowed(tmp_path: Path) -> None:
     assert "6 predictions written" in allowed.stdout
     help_text = run_cli(PREDICT, "--help").stdout
     assert "runs its author's code" in " ".join(help_text.split())
+
+
+def make_serve(model: Path | str, port: int, *variables: str) -> list[str]:
+    """The `make serve` command line, from any folder (setup taken as done)."""
+    command = make_command("-C", str(ROOT), "-o", "setup", "serve")
+    return [*command, f"MODEL={model}", f"SERVE_PORT={port}", *variables]
+
+
+@pytest.mark.server
+def test_make_serve_refuses_a_pickled_model_unless_allowed(tmp_path: Path) -> None:
+    """`make serve` checks the model as predict does: the cloudpickle model is one line naming
+    the risk and ALLOW_PICKLE=1, exit 1, its code never ran and nothing listens; with
+    ALLOW_PICKLE=1 it is served (and its code runs)."""
+    marker = tmp_path / "marker"
+    model = pickled_model(tmp_path / "pickled", marker)
+    port = free_port()
+    refused = subprocess.run(
+        make_serve(model, port), capture_output=True, text=True, timeout=120, check=False
+    )
+    reason = one_line_reason(refused, "make serve: error:")
+    for words in ("refusing to load", "cloudpickle", "runs its author's code", "ALLOW_PICKLE=1"):
+        assert words in reason, reason
+    assert not marker.exists()
+    assert not port_busy(port)
+    help_text = subprocess.run(["make", "-C", str(ROOT), "help"], capture_output=True, text=True)
+    assert "ALLOW_PICKLE=1 serves pickled models too (their code runs)" in help_text.stdout
+
+    log = tmp_path / "serve.log"
+    server = start(
+        make_serve(model, port, "ALLOW_PICKLE=1"), log, client_env("sqlite:///unused.db")
+    )
+    try:
+        wait_http(f"http://{HOST}:{port}/ping", server, log, timeout=180)
+    finally:
+        stop(server, timeout=5)
+    assert marker.exists()
 
 
 def test_skops_model_loads_without_pickles(
@@ -285,20 +323,10 @@ def test_predict_csv_rows(
 def test_rest_serving_and_client(
     trained_mnist: TrainedModel, heldout_pngs: DigitFiles, tmp_path: Path
 ) -> None:
-    """`make serve` (mlflow models serve) answers a batch posted by the REST client."""
+    """`make serve` (the pt2 model checked, then `mlflow models serve`) answers a batch posted
+    by the REST client."""
     port = free_port()
-    command = [
-        "make",
-        "--no-print-directory",
-        "-C",
-        str(ROOT),
-        "-o",
-        "setup",
-        "serve",
-        f"MODEL={trained_mnist.uri}",
-        f"SERVE_PORT={port}",
-        f"TRACKING_URI={trained_mnist.tracking_uri}",
-    ]
+    command = make_serve(trained_mnist.uri, port, f"TRACKING_URI={trained_mnist.tracking_uri}")
     log = tmp_path / "serve.log"
     server = start(command, log, client_env(trained_mnist.tracking_uri))
     try:

@@ -29,8 +29,6 @@ from scaffold.layout import PROJECTS
 from tests.helpers.artifacts import TrainedModel
 from tests.helpers.commands import make, mlflow_run
 
-pytestmark = pytest.mark.server
-
 
 @pytest.fixture
 def server_client(tracking_server: TrackingServer, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
@@ -80,6 +78,42 @@ def test_register_candidate_tags_metrics_and_ranking(server_client: MlflowClient
         "ranking_metric": "rmse",
         "ranking_order": "lower_is_better",
     }
+
+
+# In a process of its own: import the helper, register a logged model through it in the local
+# store, and print the torch modules loaded after the import and after registering.
+TORCH_FREE = """
+import sys
+
+def torch_modules():
+    return sorted(name for name in sys.modules if name.split(".")[0] == "torch")
+
+from project_tools.registry import register_candidate
+after_import = torch_modules()
+
+import mlflow
+
+model = mlflow.initialize_logged_model(name="model")
+mlflow.finalize_logged_model(model.model_id, "READY")
+version = register_candidate(model.model_uri, "torch-free", {"rmse": 1.0}, "rmse", False)
+print(version, after_import, torch_modules())
+"""
+
+
+def test_registry_helper_does_not_import_torch(tracking_uri: str, tmp_path: Path) -> None:
+    """Projects without torch (elasticnet's image) register through the same helper."""
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE],
+        cwd=tmp_path,  # a local store's artifacts go under ./mlruns
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "1 [] []", result.stdout[-3000:]
+    version = MlflowClient(tracking_uri).get_model_version_by_alias("torch-free", "candidate")
+    assert version.tags["ranking_metric"] == "rmse"
 
 
 def add_elasticnet(name: str, alpha: float) -> str:

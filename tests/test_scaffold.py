@@ -202,27 +202,21 @@ def test_make_validate_accepts_the_generated_projects(repo: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pytorch_conda_locally(repo: Path, tracking_uri: str, tmp_path: Path) -> None:
-    project = repo / "projects" / "gen-torch-conda"
-    result = smoke_run(project, tracking_uri, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_smoke_run(project, tracking_uri)
-
-
-@pytest.mark.uv
-@pytest.mark.slow
-def test_pytorch_conda_through_uv(repo: Path, tracking_uri: str, tmp_path: Path) -> None:
-    """MLflow turns conda.yaml (python + pip list) into a uv venv: the list is complete."""
-    project = repo / "projects" / "gen-torch-conda"
-    result = smoke_run(project, tracking_uri, tmp_path, env_manager="uv")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_smoke_run(project, tracking_uri)
-
-
-@pytest.mark.slow
-def test_sklearn_conda_locally(repo: Path, tracking_uri: str, tmp_path: Path) -> None:
-    project = repo / "projects" / "gen-sk-conda"
-    result = smoke_run(project, tracking_uri, tmp_path)
+@pytest.mark.parametrize(
+    ("project_name", "env_manager"),
+    [
+        ("gen-torch-conda", "local"),
+        # MLflow turns conda.yaml (python + pip list) into a uv venv: its list is complete.
+        pytest.param("gen-torch-conda", "uv", marks=pytest.mark.uv),
+        ("gen-sk-conda", "local"),
+        pytest.param("gen-sk-conda", "uv", marks=pytest.mark.uv),
+    ],
+)
+def test_generated_conda_variant_runs(
+    project_name: str, env_manager: str, repo: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    project = repo / "projects" / project_name
+    result = smoke_run(project, tracking_uri, tmp_path, env_manager=env_manager)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_smoke_run(project, tracking_uri)
 

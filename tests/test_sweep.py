@@ -17,6 +17,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from mnist_sweep import sweep
@@ -27,6 +28,7 @@ from tests.helpers.kubernetes import container_of, kube_config, render
 from tests.helpers.sweeps import (
     FAKE_DIGEST,
     PARENT_TAG,
+    SWEEP_PROJECT,
     StandInCluster,
     container_env,
     interrupted_sweep,
@@ -49,10 +51,24 @@ TINY = {
 }
 
 
+def most_at_once(runs: list[Run]) -> int:
+    """The most of ``runs`` that were running at the same moment, from their start and end
+    times (at the same millisecond, an end comes before a start)."""
+    changes = sorted(
+        [(run.info.start_time, 1) for run in runs] + [(run.info.end_time, -1) for run in runs]
+    )
+    running = most = 0
+    for _, change in changes:
+        running += change
+        most = max(most, running)
+    return most
+
+
 @pytest.mark.slow
 def test_sweep_of_tiny_mnist_trials(tracking_uri: str, tmp_path: Path) -> None:
     """4 trials, 2 at a time: 4 FINISHED children under one parent that records the best one,
-    whose model becomes the `candidate` version."""
+    whose model becomes the `candidate` version. Their runs' times show 2 running at once,
+    never more."""
     params = {"trials": 4, "max_parallel": 2, "registered_model_name": "sweep-mnist", **TINY}
     result = run_sweep(tracking_uri, "sweep", params, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -62,6 +78,7 @@ def test_sweep_of_tiny_mnist_trials(tracking_uri: str, tmp_path: Path) -> None:
     assert len(children) == 4
     assert {child.info.status for child in children} == {"FINISHED"}
     assert {child.info.run_name for child in children} == {f"trial-{n}" for n in range(4)}
+    assert most_at_once(children) == params["max_parallel"]
 
     # The trial the parent names has the best metric (tiny trials can tie: any of them will do).
     (best,) = [child for child in children if child.info.run_id == parent.data.tags["best_run_id"]]
@@ -162,10 +179,25 @@ def test_ctrl_c_kills_the_trials(tracking_uri: str, tmp_path: Path) -> None:
         (["--trial-params", "epochs=2"], "trial_params sets epochs, which the search sets"),
         (["--trial-params", "seed"], "expected key=value items, got 'seed'"),
         (["--backend", "slurm"], "expected one of local, kubernetes, got 'slurm'"),
-        (["--max-parallel", "0"], "expected an integer >= 1, got '0'"),
+        (["--max-parallel", "0"], "expected an integer between 1 and 64, got '0'"),
+        (["--max-parallel", "65"], "expected an integer between 1 and 64, got '65'"),
+        (["--project", "/no/such"], "expected an MLflow project: a folder with an MLproject"),
+        (["--project", str(PROJECTS)], f"or a Git URI, got {str(PROJECTS)!r}"),
+        (["--project", "."], "expected the project each trial runs, not this sweep's own"),
+        (["--metric", "maximize"], "a metric the trials log (goal says which way), got 'max"),
+        (["--metric", ""], "expected the name of a metric the trials log (letters, digits,"),
+        (["--ranking-metric", "test accuracy!"], "a metric the trials log (letters, digits,"),
+        (["--backend-config", "/no/such.json"], "cannot read '/no/such.json': No such file"),
+        (["--backend-config", "MLproject"], "expected a JSON file, got 'MLproject': Expecting"),
+        (["--docker-args", "=host"], "expected name=value or name items, got '=host'"),
+        (["--registered-model-name", ".."], "a model name other than '.' that does not start"),
     ],
 )
-def test_bad_values_are_one_line(argv: list[str], message: str, capsys) -> None:
+def test_bad_values_are_one_line(
+    argv: list[str], message: str, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the sweep's folder, where `mlflow run` starts it (the default project is relative)."""
+    monkeypatch.chdir(SWEEP_PROJECT)
     assert_one_line_error(sweep.parse_args, argv, message, lambda: capsys.readouterr().err)
 
 

@@ -1,22 +1,24 @@
 """`make validate`: the shipped projects pass, and each kind of broken file is named.
 
-The broken cases run ``python -m scaffold.validate`` on a copy of ``projects/`` and
-``example/`` (links kept as links, so they resolve inside the copy), one file broken per case.
+The broken cases run scaffold.validate's ``main`` in this process (the command line itself is
+`make validate`, above) on a copy of ``projects/`` and ``example/`` (links kept as links, so
+they resolve inside the copy), one file broken per case.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from scaffold import validate as validate_module
 from scaffold.layout import PROJECTS, ROOT
-from tests.helpers.commands import make
+from tests.helpers.commands import assert_one_line_error, make
 
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "mlruns", "mlflow.db")
 
@@ -44,14 +46,36 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def validate(repo: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scaffold.validate", "--projects-dir", str(repo / "projects")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+class Outcome(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def validate(repo: Path, capsys: pytest.CaptureFixture[str]) -> Outcome:
+    """validate's ``main`` on ``repo/projects``; the mlflow log level it lowers is restored."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    try:
+        status = validate_module.main(["--projects-dir", str(repo / "projects")])
+    finally:
+        logger.setLevel(level)
+    out = capsys.readouterr()
+    return Outcome(status, out.out, out.err)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--bogus"], "validate: error: unrecognized arguments: --bogus"),
+        (["--projects-dir", "/no/such/folder"], "no such folder '/no/such/folder'"),
+    ],
+    ids=["unknown-flag", "missing-folder"],
+)
+def test_bad_argument_is_one_line(
+    args: list[str], reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_one_line_error(validate_module.parse_args, args, reason, lambda: capsys.readouterr().err)
 
 
 def replace(path: Path, old: str, new: str) -> None:
@@ -65,8 +89,8 @@ def relink(link: Path, target: str) -> None:
     os.symlink(target, link)
 
 
-def test_the_copy_itself_passes(repo_copy: Path) -> None:
-    result = validate(repo_copy)
+def test_the_copy_itself_passes(repo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = validate(repo_copy, capsys)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -89,6 +113,24 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda p: replace(p / "mnist-conda/conda.yaml", "- mlflow==", "- mlflow-skinny=="),
         "validate: mnist-conda/conda.yaml: mlflow is not pinned in its pip list: "
         "expected mlflow==<version>",
+    ),
+    "conda-does-not-parse": (
+        lambda p: replace(p / "mnist-conda/conda.yaml", "dependencies:", "dependencies: ["),
+        "validate: mnist-conda/conda.yaml: does not parse as YAML: ",
+    ),
+    "dockerfile-without-mlflow-pin": (
+        lambda p: replace(p / "elasticnet-docker/Dockerfile", "mlflow==", "mlflow>="),
+        "validate: elasticnet-docker/Dockerfile: does not pip-install a pinned mlflow: "
+        "expected RUN pip install ... mlflow==<version>",
+    ),
+    "dockerfile-copies-env-file": (
+        lambda p: replace(
+            p / "elasticnet-docker/Dockerfile",
+            "ENV HOME=",
+            "COPY .env /home/mlflow/.env\nENV HOME=",
+        ),
+        "validate: elasticnet-docker/Dockerfile: COPY .env puts a credentials file in the image: "
+        "pass it at run time (-A env-file=.env)",
     ),
     "dockerfile-without-base-image": (
         lambda p: replace(
@@ -124,6 +166,45 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
         "validate: mnist-k8s/kubernetes_job_template.yaml: the Job that MLflow renders fails "
         "Kubernetes 1.33 validation at spec.backoffLimit: 'none' is not of type",
     ),
+    "k8s-config-not-json": (
+        lambda p: replace(
+            p / "mnist-k8s/kubernetes_config.json", '"mlflow-store",', '"mlflow-store"'
+        ),
+        "validate: mnist-k8s/kubernetes_config.json: does not parse as JSON: ",
+    ),
+    "k8s-config-without-repository": (
+        lambda p: replace(
+            p / "mnist-k8s/kubernetes_config.json", '"repository-uri"', '"repository"'
+        ),
+        "validate: mnist-k8s/kubernetes_config.json: lacks 'repository-uri': expected the image "
+        "repository, e.g. localhost:5050/<project>",
+    ),
+    "k8s-config-names-another-template": (
+        lambda p: replace(
+            p / "mnist-k8s/kubernetes_config.json", "projects/mnist-k8s/", "projects/mnist-ddp-k8s/"
+        ),
+        "validate: mnist-k8s/kubernetes_config.json: kube-job-template-path is "
+        "'projects/mnist-ddp-k8s/kubernetes_job_template.yaml': expected "
+        "'projects/mnist-k8s/kubernetes_job_template.yaml' (this project's template, relative "
+        "to the repository root)",
+    ),
+    "pods-differ-from-nnodes": (
+        lambda p: replace(
+            p / "mnist-ddp-k8s/kubernetes_job_template.yaml", "completions: 2", "completions: 3"
+        ),
+        "validate: mnist-ddp-k8s/kubernetes_job_template.yaml: spec has completions 3, "
+        "parallelism 2: expected both 2, the default of parameter 'nnodes' (one pod per node)",
+    ),
+    "link-outside-the-repository": (
+        lambda p: relink(p / "mnist-conda/data_loader", "../../.."),
+        "validate: mnist-conda/data_loader: link -> ../../.. points outside the repository: "
+        "expected a target under ",
+    ),
+    "absolute-link": (
+        lambda p: relink(p / "mnist-conda/data_loader", str(ROOT / "example" / "data_loader")),
+        f"validate: mnist-conda/data_loader: link -> {ROOT / 'example' / 'data_loader'} is "
+        "absolute: expected a relative link, which resolves in every clone",
+    ),
     "dangling-link": (
         lambda p: relink(p / "elasticnet-docker/data_loader", "../../example/no_such_loader"),
         "validate: elasticnet-docker/data_loader: dangling link -> ../../example/no_such_loader: "
@@ -151,10 +232,12 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
 
 
 @pytest.mark.parametrize("case", list(BREAKS))
-def test_a_broken_file_is_named(repo_copy: Path, case: str) -> None:
+def test_a_broken_file_is_named(
+    repo_copy: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     breaks, expected = BREAKS[case]
     breaks(repo_copy / "projects")
-    result = validate(repo_copy)
+    result = validate(repo_copy, capsys)
     assert result.returncode == 1, result.stdout
     lines = result.stderr.splitlines()
     assert any(line.startswith(expected) for line in lines), result.stderr[-3000:]

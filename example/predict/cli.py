@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,20 +76,29 @@ def check_output(path: Path) -> None:
         raise InputError(f"--output {path}: folder {folder} is not writable")
 
 
-def load_model(model_uri: str, allow_pickle: bool = False):
+@contextmanager
+def model_errors(model_uri: str, prog: str = "predict") -> Iterator[None]:
+    """Around fetching ``model_uri``: first a quick look at the tracking server that a run or
+    registry URI needs (one line from ``prog`` if it is down), then MLflow's and the file
+    system's errors as one PredictError line."""
     from mlflow.exceptions import MlflowException
 
     from project_tools.tracking import require_tracking_server
 
     if model_uri.startswith(("runs:/", "models:/")):
-        require_tracking_server("predict")
+        require_tracking_server(prog)
     try:
-        return load_checked(model_uri, allow_pickle)
+        yield
     except MlflowException as exc:
         first_line = exc.message.strip().splitlines()[0]
         raise PredictError(f"cannot load model {model_uri!r}: {first_line}") from None
     except OSError as exc:
         raise PredictError(f"cannot load model {model_uri!r}: {exc}") from None
+
+
+def load_model(model_uri: str, allow_pickle: bool = False):
+    with model_errors(model_uri):
+        return load_checked(model_uri, allow_pickle)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -28,12 +28,23 @@ RISK = "a pickled model runs its author's code on this machine when it is loaded
 class UnsafeModelError(Exception):
     """The model would run code of its own to load; the message says why and what to do."""
 
+    def __init__(self, model_uri: str, why: str) -> None:
+        super().__init__(model_uri, why)
+        self.model_uri, self.why = model_uri, why
+
+    def line(self, allow: str = "--allow-pickle") -> str:
+        """The message, naming ``allow``: how the caller lets pickles load."""
+        return (
+            f"refusing to load {self.model_uri!r}: {self.why}; {RISK}: pass {allow} only if you "
+            "trust whoever logged it"
+        )
+
+    def __str__(self) -> str:
+        return self.line()
+
 
 def refuse(model_uri: str, why: str) -> UnsafeModelError:
-    return UnsafeModelError(
-        f"refusing to load {model_uri!r}: {why}; {RISK}: pass --allow-pickle only if you trust "
-        "whoever logged it"
-    )
+    return UnsafeModelError(model_uri, why)
 
 
 @contextmanager
@@ -87,15 +98,19 @@ def check_model(model_uri: str, local: Path) -> bool:
     return True
 
 
+def checked_copy(model_uri: str, allow_pickle: bool = False) -> tuple[Path, bool]:
+    """A local copy of ``model_uri`` (a local folder is not copied), checked unless
+    ``allow_pickle``, and whether MLflow's pickle switch must be on to load it."""
+    import mlflow.artifacts
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    return local, allow_pickle or check_model(model_uri, local)
+
+
 def load_model(model_uri: str, allow_pickle: bool = False):
     """``mlflow.pyfunc.load_model`` of a local copy of ``model_uri``, checked as above."""
-    import mlflow.artifacts
     import mlflow.pyfunc
 
-    if allow_pickle:
-        with pickles(True):
-            return mlflow.pyfunc.load_model(model_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    checked_skops = check_model(model_uri, local)
-    with pickles(checked_skops):
+    local, unpickle = checked_copy(model_uri, allow_pickle)
+    with pickles(unpickle):
         return mlflow.pyfunc.load_model(str(local))

@@ -15,8 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-# The Model Registry's name rule (letters, digits, '-', '_', '.', ' '), checked before training.
+# The Model Registry's name rule, checked before training: letters, digits, '-', '_', '.' and
+# spaces; not only spaces, not '.' nor starting with '..' (the registry treats a name as a path);
+# at most the 256 characters of the registry's name column (PostgreSQL refuses more).
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.\- ]+")
+MAX_MODEL_NAME = 256
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -96,9 +99,25 @@ def folder(text: str) -> Path:
 
 
 def model_name(text: str) -> str:
-    """An argparse type: a registered model name, or "" for "do not register"."""
-    if text and not MODEL_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"expected a model name of letters, digits, '-', '_', '.' and spaces, got {text!r}"
-        )
-    return text
+    """An argparse type: a registered model name, or "" for "do not register".
+
+    A name this accepts is one the registry accepts (tests/test_projects.py checks it against
+    MLflow's own validation), so registering never fails on the name after training.
+    """
+    if not text:
+        return text
+    if not MODEL_NAME.fullmatch(text):
+        expected = "a model name of letters, digits, '-', '_', '.' and spaces"
+    elif not text.strip():
+        expected = "a model name that is not only spaces"
+    elif text == "." or text.startswith(".."):
+        expected = "a model name other than '.' that does not start with '..'"
+    elif len(text) > MAX_MODEL_NAME:
+        expected = f"a model name of at most {MAX_MODEL_NAME} characters"
+    else:
+        return text
+    raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+
+
+# An argparse type: a random seed, as numpy and torch take one.
+seed = number(int, 0, 2**32 - 1)

@@ -1,11 +1,12 @@
 """Stop a training run cleanly on SIGTERM, SIGINT, or when the `mlflow run` that started it dies.
 
 ``mlflow run`` starts the entry point as a plain child (``bash -c "<command>"``, bash exec'ing
-python in local mode, or ``bash -c "activate && python ..."`` with uv, virtualenv and conda) and
-installs no signal handler. So SIGTERM to ``mlflow run`` alone kills it at once and leaves the
-training re-parented to pid 1, and SIGTERM to the process group kills the training mid-step with
-its run RUNNING forever. :class:`Stopper` turns all of these into one request that the training
-loop checks after each step: it stops, saves its checkpoint, and ends the run KILLED.
+python in local mode, or ``bash -c "activate && python ..."`` with uv, virtualenv and conda), and
+MLflow cancels it on Ctrl-C (KeyboardInterrupt) only. So SIGTERM to ``mlflow run`` alone kills
+it at once and leaves the training re-parented to pid 1 (or a Docker container training), and
+SIGTERM to the process group kills the training mid-step with its run RUNNING forever.
+:class:`Stopper` turns all of these into one request that the training loop checks after each
+step: it stops, saves its checkpoint, and ends the run KILLED.
 
 - SIGTERM and SIGINT are recorded, not acted on inside the handler. Later signals are ignored
   (Ctrl-C reaches the training and `mlflow run`, which then sends SIGTERM too); a timer ends the
@@ -15,19 +16,31 @@ loop checks after each step: it stops, saves its checkpoint, and ends the run KI
 - :meth:`Stopper.end_launcher` ends a still-waiting ``mlflow run`` after the run is recorded
   KILLED: mlflow 3.17.2 marks the run FAILED when its child exits (its "already ended?" check
   compares a status string with status numbers), which would overwrite KILLED.
+
+A process that waits on children instead of looping over steps (the torchrun launcher, the
+sweep) cannot check a flag: :func:`raise_once_on_signal` turns the first SIGTERM or SIGINT into
+an exception there, which its code handles by stopping the children.
+
+:func:`guard_mlflow_run` does the same for ``mlflow run`` itself, in every environment where this
+repository is installed (project_tools.secrets applies it): SIGTERM cancels the run as Ctrl-C
+does (``docker run`` forwards the SIGTERM to the container), the cancel waits for every process
+below the command, and MLflow's status check is fixed, so the run keeps KILLED.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sys
 import threading
-from contextlib import suppress
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from itertools import pairwise
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 PR_SET_PDEATHSIG = 1
 SHELLS = {"bash", "sh", "dash", "zsh"}
@@ -60,6 +73,46 @@ def is_mlflow_run(pid: int) -> bool:
     return any(Path(a).name == "mlflow" and b == "run" for a, b in pairwise(args))
 
 
+def _running(pid: int, started: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (a zombie has ended)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0] != "Z" and fields[19] == started
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below ``pid``, from /proc (none without it)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        if (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found: list[tuple[int, str]] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        if (stat := _stat(child)) is not None:
+            found.append((child, stat[2]))
+        todo += children.get(child, [])
+    return found
+
+
+def end_all(family: list[tuple[int, str]], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM what is left of ``family`` ((pid, start time) pairs); SIGKILL what is left of
+    it after ``grace`` seconds."""
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        family = [(pid, started) for pid, started in family if _running(pid, started)]
+        for pid, _ in family:
+            with suppress(OSError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + wait
+        while family and time.monotonic() < deadline:
+            time.sleep(0.1)
+            family = [(pid, started) for pid, started in family if _running(pid, started)]
+
+
 def launchers(pid: int | None = None) -> list[tuple[int, str]]:
     """(pid, start time) of the parent, and of each process above it while it is a ``sh -c``.
 
@@ -80,9 +133,14 @@ def launchers(pid: int | None = None) -> list[tuple[int, str]]:
 class Stopper:
     """Record a stop request from a signal or from the launcher's death; see the module doc."""
 
-    def __init__(self, prog: str, grace: float = GRACE_SECONDS) -> None:
+    def __init__(
+        self, prog: str, grace: float = GRACE_SECONDS, handle_signals: bool = True
+    ) -> None:
         self.prog = prog
         self.grace = grace
+        # False: only watch the launcher, whose death sends this process a SIGTERM for a
+        # handler of the caller's (see raise_once_on_signal).
+        self.handle_signals = handle_signals
         self.signum: int | None = None
         self.reason = ""
         # What the forced exit reports (e.g. where a checkpoint was saved locally).
@@ -141,8 +199,9 @@ class Stopper:
         """Handle SIGTERM/SIGINT and watch the launcher (main thread only; else a no-op)."""
         if threading.current_thread() is not threading.main_thread():
             return self
-        for signum in SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+        if self.handle_signals:
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
         if sys.platform == "linux":
             libc = ctypes.CDLL(None, use_errno=True)
             self._pdeathsig = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
@@ -175,3 +234,83 @@ class Stopper:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+@contextmanager
+def raise_once_on_signal(make: Callable[[signal.Signals], BaseException]) -> Iterator[None]:
+    """Meanwhile, the first SIGTERM or SIGINT raises ``make(signal)`` in the main thread; later
+    ones are ignored, so that stopping the children (which itself sends SIGTERM, e.g. from a
+    child's :meth:`Stopper.end_launcher`) is not cut short. SIGKILL still ends the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        for each in SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        raise make(signal.Signals(signum))
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _maybe_set_run_terminated(active_run, status: str) -> None:
+    """MLflow's function of that name with its check fixed: a run that the command already ended
+    (KILLED by a Stopper, FAILED by the ddp launcher) keeps its status."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    if active_run is None:
+        return
+    client = MlflowClient()
+    current = client.get_run(active_run.info.run_id).info.status
+    if not RunStatus.is_terminated(RunStatus.from_string(current)):
+        client.set_terminated(active_run.info.run_id, status)
+
+
+def _cancel_with_descendants(cancel: Callable) -> Callable:
+    """Wrap ``LocalSubmittedRun.cancel``: it returns once every process below the command ended.
+
+    MLflow SIGTERMs the command (its process group when it leads one) and waits for that
+    process only. A ``bash -c "activate && python ..."`` shell that does not exec its last
+    command dies at once, while python (which its launcher watch stops) still saves its
+    checkpoint: wait for it, SIGTERM what is left, and SIGKILL it after GRACE_SECONDS.
+    """
+
+    @functools.wraps(cancel)
+    def cancel_all(self) -> None:
+        family = descendants(self.command_proc.pid)
+        cancel(self)
+        end_all(family)
+
+    return cancel_all
+
+
+def guard_mlflow_run(projects: ModuleType) -> None:
+    """Patch ``mlflow.projects`` (once): while ``mlflow run`` waits on its command, SIGTERM
+    cancels the run as Ctrl-C does, cancelling ends every process below the command, and the
+    run keeps the status its command gave it.
+
+    MLflow's cancel SIGTERMs the command (its process group when it leads one), waits for it,
+    then marks a run that is still RUNNING FAILED. project_tools.secrets applies this in every
+    process that imports ``mlflow.projects``.
+    """
+    from mlflow.projects.submitted_run import LocalSubmittedRun
+
+    if getattr(projects._wait_for, "interruptible", False):
+        return
+    LocalSubmittedRun.cancel = _cancel_with_descendants(LocalSubmittedRun.cancel)
+    wait_for = projects._wait_for
+
+    @functools.wraps(wait_for)
+    def _wait_for(submitted_run) -> None:
+        with raise_once_on_signal(lambda signum: KeyboardInterrupt()):
+            wait_for(submitted_run)
+
+    _wait_for.interruptible = True  # type: ignore[attr-defined]
+    projects._wait_for = _wait_for
+    projects._maybe_set_run_terminated = _maybe_set_run_terminated

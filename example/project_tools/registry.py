@@ -47,10 +47,13 @@ def register_candidate(
         tags[RANKING_ORDER_TAG] = HIGHER if higher_is_better else LOWER
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
-    except MlflowException as exc:
+    # Not only MlflowException: a broken registry database raises SQLAlchemy's errors as they
+    # are. Whatever failed, the model is logged, and the message says where.
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, MlflowException) else str(exc)
         raise RegistryError(
             f"the model is logged at {model_uri} but registering it failed "
-            f"({exc.message.strip().splitlines()[0]}); retry in Python with "
+            f"({(reason.strip() or type(exc).__name__).splitlines()[0]}); retry in Python with "
             f"mlflow.register_model({model_uri!r}, <name>)"
         ) from exc
     print(f"Registered {name!r} version {version} with alias {CANDIDATE!r}", file=sys.stderr)

@@ -15,7 +15,8 @@ raw ``mlflow run`` too, and ``make run-docker`` / ``make run-k8s``). On import i
 :func:`redact` as a log-record factory (every logger of the process, the command line of
 ``docker run`` included, prints ``NAME=***`` for a credential) and refuses to build an image
 from a folder that holds a credential file (:data:`SECRET_FILES`), with one line, the run FAILED.
-The provider itself adds no tag.
+The provider itself adds no tag. It also applies ``project_tools.lifecycle.guard_mlflow_run``:
+SIGTERM cancels ``mlflow run``'s run as Ctrl-C does (a Docker container included).
 """
 
 from __future__ import annotations
@@ -26,40 +27,19 @@ import importlib.abc
 import importlib.util
 import logging
 import os
-import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
-# Environment variables whose value is a credential (matched anywhere in the name).
-SECRET_NAME = re.compile(
-    r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|SESSION_KEY|PRIVATE_KEY|API_KEY|CONNECTION_STRING"
-    r"|CREDENTIAL",
-    re.IGNORECASE,
-)
-# user:password@ in a URL (a tracking URI or a database URI).
-URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://[^/@\s:]+):[^/@\s]+@")
+from project_tools.lifecycle import guard_mlflow_run
+from project_tools.redaction import redact
+
 # Files that hold credentials: never copied into an image (the .gitignore patterns).
 SECRET_FILES = (".env", ".env.*", "*.env", "basic_auth.ini", "secrets-*.yaml", ".netrc")
 # Templates that hold no credential (kept in git on purpose).
 TEMPLATE_FILES = (".env.example", "*.example", "*.example.*")
-MASK = "***"
-
-
-def secret_values(environ: Mapping[str, str] = os.environ) -> list[str]:
-    """The values of credential variables, longest first (a value inside another is masked
-    with it). Values under 4 characters are not masked: they would mask ordinary text."""
-    values = {v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 4}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:
-    """``text`` with every credential value of ``environ`` and every URL password masked."""
-    for value in secret_values(environ):
-        text = text.replace(value, MASK)
-    return URL_PASSWORD.sub(rf"\g<scheme>:{MASK}@", text)
 
 
 def secret_files(folder: Path) -> list[Path]:
@@ -116,6 +96,7 @@ def _refusing_secret_files(build: Callable) -> Callable:
 
 
 DOCKER_MODULE = "mlflow.projects.docker"
+PROJECTS_MODULE = "mlflow.projects"
 
 
 def _guard(docker) -> None:
@@ -124,11 +105,15 @@ def _guard(docker) -> None:
 
 
 class _GuardOnImport(importlib.abc.MetaPathFinder):
-    """Wraps MLflow's Docker module when it is imported: this module is loaded while
-    ``import mlflow`` is still running, too early to import it here."""
+    """Applies ``guard`` to MLflow's module ``name`` when it is imported: this module is loaded
+    while ``import mlflow`` is still running, too early to import it here."""
+
+    def __init__(self, name: str, guard: Callable) -> None:
+        self.name = name
+        self.guard = guard
 
     def find_spec(self, name, path, target=None):  # type: ignore[override]
-        if name != DOCKER_MODULE:
+        if name != self.name:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -138,21 +123,27 @@ class _GuardOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module) -> None:
             execute(module)
-            _guard(module)
+            self.guard(module)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
+def _guard_module(name: str, guard: Callable) -> None:
+    """``guard(module)`` now if ``name`` is imported already, else when it is."""
+    if name in sys.modules:
+        guard(sys.modules[name])
+    elif not any(isinstance(f, _GuardOnImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _GuardOnImport(name, guard))
+
+
 def install() -> None:
-    """Install both guards in this process (once)."""
+    """Install the guards in this process (once)."""
     factory = logging.getLogRecordFactory()
     if not getattr(factory, "redacting", False):
         logging.setLogRecordFactory(_redacting(factory))
-    if DOCKER_MODULE in sys.modules:
-        _guard(sys.modules[DOCKER_MODULE])
-    elif not any(isinstance(f, _GuardOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _GuardOnImport())
+    _guard_module(DOCKER_MODULE, _guard)
+    _guard_module(PROJECTS_MODULE, guard_mlflow_run)
 
 
 class SecretsGuard(RunContextProvider):

@@ -3,14 +3,16 @@
 MLflow's HTTP client retries a refused connection for minutes (the long retry that lets a run
 survive a server restarted mid-training). At start that only hides a typo or a server that was
 never started, so each entry point and tool asks the server once, briefly, and stops with one
-line naming the URI when it does not answer.
+line naming the URI (its password masked) when it does not answer.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import ClassVar
@@ -20,10 +22,16 @@ from mlflow.tracking.request_header.abstract_request_header_provider import (
     RequestHeaderProvider,
 )
 
-from project_tools.cli import OneLineParser, fail
+from project_tools.cli import fail
+from project_tools.redaction import redact
 
 # Seconds to wait for the server's /health answer at start.
 START_TIMEOUT = 10.0
+
+
+def shown_store() -> str:
+    """The tracking store in use, as printed: any password in its URI masked."""
+    return redact(mlflow.get_tracking_uri())
 
 
 def server_problem(uri: str, timeout: float = START_TIMEOUT) -> str | None:
@@ -33,9 +41,8 @@ def server_problem(uri: str, timeout: float = START_TIMEOUT) -> str | None:
     """
     if not uri.startswith(("http://", "https://")):
         return None
-    url = f"{uri.rstrip('/')}/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout):
+        with urllib.request.urlopen(health_request(uri), timeout=timeout):
             return None
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):  # basic auth: the server is there
@@ -46,17 +53,34 @@ def server_problem(uri: str, timeout: float = START_TIMEOUT) -> str | None:
         return f"did not answer ({reason})"
 
 
+def health_request(uri: str) -> urllib.request.Request:
+    """GET ``uri``/health; a ``user:password@`` in the URI (which MLflow's client sends as basic
+    auth) becomes the Authorization header, since urllib would take it for part of the host."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/"))
+    netloc = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(
+        urllib.parse.urlunsplit(parts._replace(netloc=netloc)) + "/health"
+    )
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
 def require_tracking_server(prog: str, uri: str | None = None) -> None:
     """Stop ``prog`` with one line (exit 1) when the tracking server does not answer.
 
-    ``uri`` defaults to the tracking URI that MLflow would use (``MLFLOW_TRACKING_URI``).
+    ``uri`` defaults to the tracking URI that MLflow would use (``MLFLOW_TRACKING_URI``); the
+    line shows it with its password masked.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     problem = server_problem(uri)
     if problem:
         fail(
             prog,
-            f"tracking server {uri} {problem}; start it (make server) or set "
+            f"tracking server {redact(uri)} {problem}; start it (make server) or set "
             "MLFLOW_TRACKING_URI to a running one",
             status=1,
         )
@@ -79,16 +103,3 @@ class ServerCheckAtStart(RequestHeaderProvider):
 
     def request_headers(self) -> dict[str, str]:
         return {}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m project_tools.tracking [--prog NAME] [URI]``: the check alone (make targets)."""
-    parser = OneLineParser(prog="tracking", description=main.__doc__)
-    parser.add_argument("uri", nargs="?", help="default: the URI MLflow would use")
-    parser.add_argument("--prog", default="make", help="the name the error line starts with")
-    args = parser.parse_args(argv)
-    require_tracking_server(args.prog, args.uri)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,8 @@ stay inside it, and ``kube-job-template-path`` is relative to it). For each proj
 - a Kubernetes project (``kubernetes_config.json``): the config names the Job template and the
   repository URI, the template carries MLflow's placeholders, and the Job that MLflow's own code
   renders from it validates against the Kubernetes API schema (``layout.KUBERNETES_VERSION``);
+  when ``main`` has an ``nnodes`` parameter (one pod per node), the Job's ``completions`` and
+  ``parallelism`` equal its default;
 - every link in the project resolves, is relative and stays inside the repository;
 - ``smoke.yaml`` has the keys and types that ``tests/helpers/projects.py`` reads;
 - ``README.md`` has a parameter table that matches the ``main`` entry point.
@@ -56,6 +58,7 @@ from mlflow.projects._project_spec import Project as Spec
 from mlflow.projects._project_spec import load_project
 from mlflow.projects.utils import get_entry_point_command, get_run_env_vars
 
+from project_tools.cli import OneLineParser, folder
 from scaffold.layout import (
     CREDENTIAL_VARS,
     HELDOUT,
@@ -86,6 +89,9 @@ FAKE_RUN_ID = "0" * 32
 # Values for parameters without a default when a Job is rendered; a `path` parameter gets
 # the project folder, since MLflow checks that a local path exists.
 FAKE_VALUES = {"int": "1", "float": "0.5", "string": "x", "uri": "file:///tmp/x"}
+# A distributed project's node count, and the Job fields that must equal its default.
+NNODES = "nnodes"
+POD_COUNTS = ("completions", "parallelism")
 
 
 @dataclass(frozen=True)
@@ -397,6 +403,7 @@ def check_job_template(project: Project, template: Path) -> list[str]:
         return [*problems, problem]
     if project.spec is None:
         return problems
+    problems += check_pods(project, name, content)
     for entry in project.spec._entry_points:
         try:
             job = render_job(project, entry, content)
@@ -420,6 +427,23 @@ def check_job_template(project: Project, template: Path) -> list[str]:
                 f"{type_name(exc)}: {first_line(exc)}"
             )
     return problems
+
+
+def check_pods(project: Project, name: str, template: Any) -> list[str]:
+    """One pod per node: the Job's ``completions`` and ``parallelism`` equal the default of
+    ``main``'s ``nnodes`` parameter, else the ranks wait for pods that never start."""
+    nnodes = (main_parameters(project) or {}).get(NNODES)
+    spec = template.get("spec") if isinstance(template, dict) else None
+    if nnodes is None or nnodes.default is None or not isinstance(spec, dict):
+        return []
+    pods = {field: spec.get(field) for field in POD_COUNTS}
+    if all(str(value) == str(nnodes.default) for value in pods.values()):
+        return []
+    shown = ", ".join(f"{field} {value}" for field, value in pods.items())
+    return [
+        f"{name}: spec has {shown}: expected both {nnodes.default}, the default of "
+        f"parameter '{NNODES}' (one pod per node)"
+    ]
 
 
 def render_job(project: Project, entry: str, template: Any) -> dict:
@@ -666,10 +690,10 @@ def print_table(results: dict[str, list[str]]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--projects-dir",
-        type=Path,
+        type=folder,
         default=PROJECTS,
         help="the folder of projects; its parent is the repository (default: %(default)s)",
     )
@@ -679,9 +703,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     projects_dir = args.projects_dir.absolute()
-    if not projects_dir.is_dir():
-        print(f"{PROG}: error: no such folder {str(projects_dir)!r}", file=sys.stderr)
-        return 2
     # MLflow logs each rendering step at INFO; only the problems belong on stderr.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     results = {

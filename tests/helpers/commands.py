@@ -20,6 +20,39 @@ from scaffold.layout import PROJECTS, ROOT
 VENV_BIN = Path(sys.executable).parent
 
 
+def mlflow_run_command(
+    project: Path,
+    params: dict[str, object] | None = None,
+    env_manager: str = "local",
+    experiment: str = "tests",
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    """The ``mlflow run`` command line of ``project`` in ``experiment``, ``-P`` per param."""
+    command = [
+        str(VENV_BIN / "mlflow"),
+        "run",
+        str(project),
+        "--env-manager",
+        env_manager,
+        "--experiment-name",
+        experiment,
+        *(extra_args or []),
+    ]
+    for key, value in (params or {}).items():
+        command += ["-P", f"{key}={value}"]
+    return command
+
+
+def mlflow_run_env(tracking_uri: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (this environment by default) with the tracking URI and the venv on PATH."""
+    base = os.environ if base is None else base
+    return {
+        **base,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}",
+    }
+
+
 def mlflow_run(
     project: Path,
     tracking_uri: str,
@@ -35,26 +68,15 @@ def mlflow_run(
 
     ``env`` replaces the whole client environment (the tracking URI and PATH are still set).
     """
-    command = [
-        str(VENV_BIN / "mlflow"),
-        "run",
-        str(project),
-        "--env-manager",
-        env_manager,
-        "--experiment-name",
-        experiment,
-        *(extra_args or []),
-    ]
-    for key, value in (params or {}).items():
-        command += ["-P", f"{key}={value}"]
-    base = os.environ if env is None else env
-    env = {
-        **base,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}",
-    }
+    command = mlflow_run_command(project, params, env_manager, experiment, extra_args)
     return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        command,
+        cwd=cwd,
+        env=mlflow_run_env(tracking_uri, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -73,12 +95,17 @@ def only_run(tracking_uri: str, experiment: str = "tests") -> Run:
     return runs[0]
 
 
+def make_command(*args: str) -> list[str]:
+    """The ``make ARGS`` command line, without make's "Entering directory" lines."""
+    return ["make", "--no-print-directory", *args]
+
+
 def make(
     *args: str, cwd: Path = ROOT, timeout: int = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """``make ARGS`` in ``cwd`` with ``env`` added to this environment."""
     return subprocess.run(
-        ["make", "--no-print-directory", *args],
+        make_command(*args),
         cwd=cwd,
         env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **env},
         capture_output=True,
@@ -133,15 +160,10 @@ def start_mlflow_run(
     Every process it starts inherits ``LIFECYCLE_MARK=mark`` (see :func:`marked_processes`).
     SIGINT is reset to its default, which a shell without job control would have ignored.
     """
-    command = [str(VENV_BIN / "mlflow"), "run", str(project), "--env-manager", "local"]
-    command += ["--experiment-name", experiment]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    env = client_env(tracking_uri, LIFECYCLE_MARK=mark)
     return start(
-        command,
+        mlflow_run_command(project, params, experiment=experiment),
         log,
-        env,
+        client_env(tracking_uri, LIFECYCLE_MARK=mark),
         cwd=log.parent,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

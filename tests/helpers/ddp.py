@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -29,6 +30,8 @@ from scaffold.layout import KUBERNETES_VERSION
 from tests.helpers.commands import processes_with_env
 from tests.helpers.components import require_docker_image
 from tests.helpers.kubernetes import container_of, pod_environment, render
+
+RANK_FAULT = Path(__file__).with_name("rank_fault")
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,18 @@ def launch(
         timeout=600,
         check=False,
     )
+
+
+def failing_rank_env(rank: int, step: int, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` in which the training process of ``rank`` raises a ValueError at its optimizer
+    step ``step`` (tests/helpers/rank_fault/sitecustomize.py, first on PYTHONPATH)."""
+    path = os.pathsep.join(filter(None, [str(RANK_FAULT), env.get("PYTHONPATH")]))
+    return {
+        **env,
+        "PYTHONPATH": path,
+        "MNIST_DDP_FAULT_RANK": str(rank),
+        "MNIST_DDP_FAULT_STEP": str(step),
+    }
 
 
 def project_python(project: Path, code: str) -> subprocess.CompletedProcess[str]:

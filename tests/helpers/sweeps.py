@@ -30,7 +30,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from scaffold.layout import PROJECTS
-from tests.helpers.commands import VENV_BIN
+from tests.helpers.commands import VENV_BIN, mlflow_run_command, mlflow_run_env
 from tests.helpers.kubernetes import container_of
 
 SWEEP_PROJECT = PROJECTS / "mnist-sweep"
@@ -113,29 +113,13 @@ def sweep_command(
     experiment: str, params: dict[str, object], env_manager: str = "local"
 ) -> list[str]:
     """``mlflow run`` of projects/mnist-sweep, as a user runs it."""
-    command = [
-        str(VENV_BIN / "mlflow"),
-        "run",
-        str(SWEEP_PROJECT),
-        "--env-manager",
-        env_manager,
-        "--experiment-name",
-        experiment,
-    ]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    return command
+    return mlflow_run_command(SWEEP_PROJECT, params, env_manager, experiment)
 
 
 def sweep_env(tracking_uri: str) -> dict[str, str]:
     """This environment as the sweep's: the tracking store, the venv's `mlflow` on PATH, and
     one thread per trial (trials run side by side on few cores)."""
-    return {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "OMP_NUM_THREADS": "1",
-    }
+    return mlflow_run_env(tracking_uri) | {"OMP_NUM_THREADS": "1"}
 
 
 def run_sweep(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from project_tools.cli import OneLineParser, model_name, number
+from project_tools.cli import OneLineParser, model_name, number, seed
 from project_tools.docker_guard import require_kept_artifacts
 from project_tools.tracking import require_tracking_server
 
@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--alpha", type=number(float, 0), required=True, help="regularization strength (>= 0)")
     add("--l1-ratio", type=number(float, 0, 1), default=0.1, help="0 = ridge, 1 = lasso")
-    add("--seed", type=number(int, 0, 2**32 - 1), default=42, help="seeds the train/test split")
+    add("--seed", type=seed, default=42, help="seeds the train/test split")
     add("--registered-model-name", type=model_name, default="", help="register the model")
     return parser.parse_args(argv)
 

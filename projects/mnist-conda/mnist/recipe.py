@@ -31,13 +31,23 @@ class EpochResult(NamedTuple):
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit CUDA device must exist."""
+    """``auto`` picks CUDA when present; an explicit CUDA or MPS device must exist (ValueError
+    says why not). mnist.train's ``--device`` checks its value with this before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {name!r} was asked for but CUDA is not available: use auto or cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} "
+            f"CUDA devices: use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {name!r} was asked for but MPS (Apple's GPU) is not available: use auto or cpu"
         )
     return device
 

@@ -11,12 +11,13 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from project_tools.cli import OneLineParser, boolean, fail, folder, model_name, number
+from project_tools.cli import OneLineParser, boolean, fail, folder, model_name, number, seed
 from project_tools.docker_guard import require_kept_artifacts
 from project_tools.lifecycle import Stopper
-from project_tools.tracking import require_tracking_server
+from project_tools.tracking import require_tracking_server, shown_store
 
 BUNDLED = "bundled"
 PROG = "mnist.train"
@@ -41,8 +42,16 @@ def data_dir(text: str) -> str:
 
 
 def device_name(text: str) -> str:
+    """An argparse type: a device name that this machine has (auto and cpu always are)."""
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    if text not in ("auto", "cpu"):
+        from .recipe import pick_device  # imports torch: only for a GPU asked for by name
+
+        try:
+            pick_device(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -52,11 +61,19 @@ def run_id(text: str) -> str:
     return text
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+def add_recipe_arguments(
+    parser: argparse.ArgumentParser,
+    device: Callable[[str], str] = device_name,
+    batch_help: str = "images per training step",
+) -> None:
+    """The recipe's parameters with their rules and this entry point's defaults.
+
+    mnist_ddp.train trains the same recipe data-parallel: it adds these with its own device
+    rule and batch help, then sets its own defaults (``parser.set_defaults``).
+    """
     add = parser.add_argument
     add("--epochs", type=number(int, 1), default=12)
-    add("--batch-size", type=number(int, 1), default=256)
+    add("--batch-size", type=number(int, 1), default=256, help=batch_help)
     add("--learning-rate", type=number(float, 0, open_low=True), default=3e-3)
     add(
         "--data-dir",
@@ -71,11 +88,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="download the full MNIST set into --data-dir with torchvision when missing",
     )
     add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True), default=0.05)
-    add("--seed", type=number(int, 0, 2**32 - 1), default=42)
-    add("--device", type=device_name, default="auto", help="auto picks CUDA when present")
+    add("--seed", type=seed, default=42)
+    add("--device", type=device, default="auto", help="auto picks CUDA when present")
     add("--num-workers", type=number(int, 0, MAX_WORKERS), default=0)
     add("--registered-model-name", type=model_name, default="", help="register the model")
-    add(
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser)
+    parser.add_argument(
         "--resume-from",
         type=run_id,
         default="",
@@ -111,7 +133,7 @@ def resume_point(args: argparse.Namespace) -> dict | None:
     try:
         run = mlflow.get_run(args.resume_from)
     except MlflowException:
-        fail(PROG, f"no run {args.resume_from} in {mlflow.get_tracking_uri()} to resume")
+        fail(PROG, f"no run {args.resume_from} in {shown_store()} to resume")
     if run.info.status != "KILLED":
         fail(PROG, f"run {args.resume_from} is {run.info.status}: only a KILLED run resumes")
     try:
@@ -261,7 +283,7 @@ def train(args: argparse.Namespace, stopper: Stopper) -> int:
 
     print(f"Test accuracy: {test_accuracy:.2%} on {len(test)} held-out digits")
     print(f"Run id: {run.info.run_id}  model: {model_uri}")
-    print(f"Tracking store: {mlflow.get_tracking_uri()}")
+    print(f"Tracking store: {shown_store()}")
     return 0
 
 

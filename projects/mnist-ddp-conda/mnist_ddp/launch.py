@@ -18,6 +18,12 @@ rank's error on one line (exit 1). A rank that only lost its peers is taken for 
 not the cause. On the node of rank 0, the launcher also tags rank 0's MLflow run ``failure``
 with that error and ends it FAILED where rank 0 could not (killed, or stopped by torchrun), so
 the run is never left RUNNING.
+
+SIGTERM or SIGINT to this launcher (from ``mlflow run``, which forwards its own SIGTERM and
+Ctrl-C, or from Kubernetes deleting the pod), or the death of the ``mlflow run`` that started
+it (project_tools.lifecycle's launcher watch), stops every rank the same way, and the run ends
+KILLED. Later signals are ignored until the ranks are stopped (torchrun's own handler would
+let a second one cut that short).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import socket
 import sys
 import tempfile
@@ -33,10 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from project_tools.cli import OneLineParser, fail, number
+from project_tools.lifecycle import Stopper, raise_once_on_signal
 
 from . import train
 
 if TYPE_CHECKING:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 PROG = "mnist_ddp.launch"
@@ -44,6 +53,8 @@ TRAINING_MODULE = "mnist_ddp.train"
 DEFAULT_PORT = "29500"
 FAILURE_TAG = "failure"
 NO_ERROR_FILE = "<N/A>"  # torch's ProcessFailure.error_file when a rank wrote none
+# torchrun handles these; SIGTERM and SIGINT are this launcher's (run_torchrun).
+TORCHRUN_SIGNALS = "--signals-to-handle=SIGHUP,SIGQUIT"
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -135,25 +146,36 @@ def root_cause(failures: dict[int, ProcessFailure]) -> str:
     return f"rank {rank} failed: {error_of(failure)}"
 
 
-def record_failure(message: str, run_id_file: Path) -> None:
-    """Tag rank 0's MLflow run with the failure and end it FAILED unless rank 0 ended it."""
+def record_end(run_id_file: Path, status: str, failure: str = "") -> None:
+    """End rank 0's MLflow run ``status`` unless rank 0 ended it; tag it with the ``failure``."""
     run_id = os.environ.get("MLFLOW_RUN_ID") or run_id_file.read_text().strip()
     if not run_id:
-        return  # rank 0 failed before starting its run
+        return  # rank 0 stopped before starting its run
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     try:
-        client.set_tag(run_id, FAILURE_TAG, message)
+        if failure:
+            client.set_tag(run_id, FAILURE_TAG, failure)
         if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "FAILED")
+            client.set_terminated(run_id, status)
     except Exception as exc:  # an unreachable store: the error line below still tells it
-        print(f"{PROG}: could not record the failure in run {run_id}: {exc}", file=sys.stderr)
+        print(f"{PROG}: could not end run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def stopped_by(received: signal.Signals) -> SignalException:
+    """What torchrun's own handler raises, except that the ranks always get SIGTERM: a rank
+    stopped by SIGINT (KeyboardInterrupt) would end the run FAILED itself."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    stop = SignalException(f"stopped by {received.name}", sigval=signal.SIGTERM)
+    stop.received = received  # type: ignore[attr-defined]
+    return stop
 
 
 def run_torchrun(flags: list[str], rank_zero_node: bool) -> int:
-    """torchrun with ``flags``; a failure ends in one line and exit 1, and is recorded in
-    MLflow on the node of rank 0."""
+    """torchrun with ``flags``; a failure ends in one line and exit 1, a stop by a signal in
+    one line and 128 + its number; either is recorded in MLflow on the node of rank 0."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args as torchrun_args
@@ -163,16 +185,22 @@ def run_torchrun(flags: list[str], rank_zero_node: bool) -> int:
         run_id_file = Path(folder, "run_id")
         run_id_file.touch()
         os.environ[train.RUN_ID_FILE] = str(run_id_file)  # the ranks inherit it
-        try:
-            run(torchrun_args(flags))
-        except (ChildFailedError, SignalException) as exc:
-            if isinstance(exc, ChildFailedError):
+        # Until the outcome is recorded: a second signal (mlflow run's cancel after a group
+        # SIGTERM) must not end this process before the run does.
+        with raise_once_on_signal(stopped_by):
+            try:
+                with Stopper(PROG, handle_signals=False):  # the launcher's death: a SIGTERM
+                    run(torchrun_args(flags))
+            except ChildFailedError as exc:
                 message = root_cause(exc.failures)
-            else:  # this node was told to stop (Ctrl-C, pod deleted): torchrun stopped the ranks
-                message = f"stopped by {exc.sigval.name}"
-            if rank_zero_node:
-                record_failure(message, run_id_file)
-            fail(PROG, message, 1)
+                if rank_zero_node:
+                    record_end(run_id_file, "FAILED", message)
+                fail(PROG, message, 1)
+            except SignalException as exc:  # torchrun stopped the ranks (SIGTERM, 30 s, SIGKILL)
+                received = getattr(exc, "received", exc.sigval)
+                if rank_zero_node:
+                    record_end(run_id_file, "KILLED")
+                fail(PROG, f"stopped by {received.name}: the run is KILLED", 128 + received)
     return 0
 
 
@@ -186,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = rendezvous(args.nnodes, rank, os.environ, socket.gethostname())
     except (ValueError, FileNotFoundError) as exc:
         fail(PROG, str(exc))
-    flags += [f"--nproc-per-node={args.nproc_per_node}", "-m", TRAINING_MODULE, *training_argv]
+    flags += [f"--nproc-per-node={args.nproc_per_node}", TORCHRUN_SIGNALS]
+    flags += ["-m", TRAINING_MODULE, *training_argv]
     print(f"{PROG}: torchrun {shlex.join(flags)}", file=sys.stderr, flush=True)
     return run_torchrun(flags, rank_zero_node=rank == 0)
 

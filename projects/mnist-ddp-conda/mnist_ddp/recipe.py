@@ -10,6 +10,7 @@ on rank 0 only.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -22,7 +23,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from mnist.model import DigitNet, random_affine
-from mnist.recipe import LABEL_SMOOTHING, WARMUP_FRACTION, WEIGHT_DECAY, EpochResult, evaluate
+from mnist.recipe import (
+    LABEL_SMOOTHING,
+    WARMUP_FRACTION,
+    WEIGHT_DECAY,
+    EpochResult,
+    NonFiniteLoss,
+    evaluate,
+)
 
 EVAL_BATCH = 1000
 
@@ -93,6 +101,11 @@ def fit(
     divides). Every ``log_every`` steps, ``on_step`` gets the step's loss averaged over ranks;
     after each epoch, ``on_epoch`` gets the epoch's metrics over all ranks and the images
     trained per second by all ranks together. Both are called on every rank.
+
+    Raise :class:`mnist.recipe.NonFiniteLoss` on every rank at once, before the step's
+    ``backward``, when the step's loss is NaN or infinite on any rank: the loss is summed over
+    ranks at every step, so that all of them stop at the same step and none waits in
+    ``backward`` for a rank that stopped.
     """
     torch.manual_seed(seed)  # the same initial weights everywhere (DDP broadcasts rank 0's too)
     model = DigitNet().to(device)
@@ -133,17 +146,19 @@ def fit(
             images = random_affine(images.to(device, non_blocking=True))
             labels = labels.to(device, non_blocking=True)
             loss = F.cross_entropy(ddp(images), labels, label_smoothing=LABEL_SMOOTHING)
+            step += 1
+            step_loss = loss.item()
+            loss_sum, ranks_sum = global_sums([step_loss, 1.0], device)
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLoss(epoch, step, loss_sum / ranks_sum)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP all-reduces and averages the gradients here
             optimizer.step()
             scheduler.step()
-            step += 1
-            step_loss = loss.item()
             total += step_loss * len(labels)
             count += len(labels)
             bar.set_postfix(loss=f"{step_loss:.3f}")
             if step % log_every == 0:
-                loss_sum, ranks_sum = global_sums([step_loss, 1.0], device)
                 on_step(step, loss_sum / ranks_sum)
         elapsed = global_max(time.perf_counter() - start, device)
         loss_sum, images_sum = global_sums([total, count], device)

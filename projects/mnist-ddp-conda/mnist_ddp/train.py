@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from mnist.train import BUNDLED, MAX_WORKERS, data_dir
-from project_tools.cli import OneLineParser, boolean, model_name, number
+from mnist import train as mnist_train
+from mnist.train import BUNDLED
+from project_tools.cli import OneLineParser
 
 if TYPE_CHECKING:
     import torch
@@ -39,32 +40,23 @@ RECIPE = "DigitNet, AdamW, OneCycleLR, label smoothing 0.1, random affine; DDP"
 
 
 def device_name(text: str) -> str:
+    """mnist's device rule, narrowed: no index (each process takes the GPU of its local rank)
+    and no MPS (torch.distributed has no backend for it)."""
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"expected auto, cpu or cuda (each process takes the GPU of its local rank), "
             f"got {text!r}"
         )
-    return text
+    return mnist_train.device_name(text)
 
 
 def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    """mnist.train's parameters and rules (the same recipe), with this entry point's defaults."""
     parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=5)
-    add(
-        "--batch-size",
-        type=number(int, 1),
-        default=64,
-        help="the global batch, split evenly across the processes",
+    mnist_train.add_recipe_arguments(
+        parser, device_name, "the global batch, split evenly across the processes"
     )
-    add("--learning-rate", type=number(float, 0, open_low=True), default=1e-3)
-    add("--data-dir", type=data_dir, default=BUNDLED)
-    add("--download", type=boolean, default=False)
-    add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True), default=0.1)
-    add("--seed", type=number(int, 0, 2**32 - 1), default=42)
-    add("--device", type=device_name, default="auto", help="auto picks CUDA when present")
-    add("--num-workers", type=number(int, 0, MAX_WORKERS), default=0)
-    add("--registered-model-name", type=model_name, default="", help="register the model")
+    parser.set_defaults(epochs=5, batch_size=64, learning_rate=1e-3, val_fraction=0.1)
     return parser.parse_args(argv)
 
 
@@ -174,6 +166,7 @@ def run_rank(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from data_loader import IDXFormatError, MNISTDownloadError, MNISTNotFoundError
+    from mnist.recipe import NonFiniteLoss
 
     try:
         ranks = ranks_from_env()
@@ -194,11 +187,16 @@ def run_rank(args: argparse.Namespace) -> int:
             digits = load_data(args, ranks)
         except (IDXFormatError, MNISTNotFoundError, MNISTDownloadError) as exc:
             return fail(ranks.rank, exc, 2)
-        if ranks.rank == 0:
-            status = record_rank_zero(args, ranks, device, backend, digits)
-        else:
-            train_and_test(args, ranks, device, digits)
-            status = 0
+        try:
+            if ranks.rank == 0:
+                status = record_rank_zero(args, ranks, device, backend, digits)
+            else:
+                train_and_test(args, ranks, device, digits)
+                status = 0
+        except NonFiniteLoss as exc:
+            # Every rank stops at the same step. Rank 0's run ended FAILED, without a model, as
+            # the exception left its `with mlflow.start_run()`.
+            status = fail(ranks.rank, exc, 1)
         # Leave together: a rank that tears gloo down while rank 0 still logs the model can
         # abort ("terminate called without an active exception").
         dist.barrier()
@@ -256,6 +254,7 @@ def record_rank_zero(
         metrics_sent_at_exit,
     )
     from project_tools.registry import RegistryError, register_candidate
+    from project_tools.tracking import shown_store
 
     def on_step(step: int, loss: float) -> None:  # called every LOG_EVERY_STEPS steps
         mlflow.log_metric("train_loss_step", loss, step=step, synchronous=False)
@@ -304,7 +303,7 @@ def record_rank_zero(
     accuracy = test_metrics["test_accuracy"]
     print(f"Test accuracy: {accuracy:.2%} on {len(digits.test)} held-out digits")
     print(f"Run id: {run.info.run_id}  model: {model_uri}  world size: {ranks.world_size}")
-    print(f"Tracking store: {mlflow.get_tracking_uri()}")
+    print(f"Tracking store: {shown_store()}")
     return 0
 
 

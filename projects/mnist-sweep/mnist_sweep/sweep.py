@@ -17,16 +17,20 @@ registered with the alias ``candidate``. Values are checked before anything heav
 from __future__ import annotations
 
 import argparse
+import json
+import posixpath
+import re
 import shlex
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
-from project_tools.cli import OneLineParser, boolean, fail, model_name, number
+from project_tools.cli import OneLineParser, boolean, fail, model_name, number, seed
+from project_tools.lifecycle import Stopper, raise_once_on_signal
 
 from . import BACKENDS, ENV_MANAGERS
 
@@ -38,14 +42,28 @@ if TYPE_CHECKING:  # heavy imports wait until the values are checked
 PROG = "mnist_sweep.sweep"
 GOALS = ("maximize", "minimize")
 SEARCHED = ("learning_rate", "batch_size", "epochs")
+# Trials at once: each is an `mlflow run` (locally, a training process on this machine) that
+# the search loop polls every few seconds; more is a cluster scheduler's work, not this loop's.
+MAX_PARALLEL = 64
+# MLflow's rule for a metric name (mlflow.utils.validation, outside Windows).
+METRIC_NAME = re.compile(r"[/\w.\- :]+")
+GIT_SSH = re.compile(r"[\w.-]+@[\w.-]+:.+")  # git@host:owner/repo.git
+SWEEP_PROJECT = Path(__file__).resolve().parents[1]
 PROJECT_ENV_TAG = "mlflow.project.env"
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def shell_items(text: str) -> list[str]:
+    """``text`` split as a shell splits it."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:  # "No closing quotation"
+        raise argparse.ArgumentTypeError(f"{exc}: got {text!r}") from None
 
 
 def key_values(text: str) -> dict[str, str]:
     """An argparse type: ``"key=value key=value"`` (shell quoting allowed), or ""."""
     pairs = {}
-    for item in shlex.split(text):
+    for item in shell_items(text):
         key, sep, value = item.partition("=")
         if not key or not sep:
             raise argparse.ArgumentTypeError(f"expected key=value items, got {item!r}")
@@ -56,10 +74,68 @@ def key_values(text: str) -> dict[str, str]:
 def docker_args(text: str) -> dict[str, str | bool]:
     """An argparse type: what ``mlflow run -A`` takes, e.g. ``"network=host v=/a:/a"``; a bare
     name is a flag."""
-    return {
-        key: value if sep else True
-        for key, sep, value in (item.partition("=") for item in shlex.split(text))
-    }
+    pairs: dict[str, str | bool] = {}
+    for item in shell_items(text):
+        key, sep, value = item.partition("=")
+        if not key:
+            raise argparse.ArgumentTypeError(f"expected name=value or name items, got {item!r}")
+        pairs[key] = value if sep else True
+    return pairs
+
+
+def project(text: str) -> str:
+    """An argparse type: the MLflow project each trial runs. A local one must be a folder with
+    an MLproject file (a relative path is read from the current folder: this project's, under
+    `mlflow run`); a remote one (a Git or zip URI) is fetched by MLflow before the first trial.
+    """
+    where, _, subdirectory = text.partition("#")  # MLflow's <project>#<subdirectory>
+    scheme = urlparse(where).scheme
+    if scheme not in ("", "file") or GIT_SSH.fullmatch(where):
+        return text
+    path = Path(urlparse(where).path if scheme else where).expanduser()
+    if path.suffix == ".zip" and path.is_file():
+        return text
+    folder = path / subdirectory
+    if not text or folder.resolve() == SWEEP_PROJECT:
+        raise argparse.ArgumentTypeError(
+            f"expected the project each trial runs, not this sweep's own, got {text!r}"
+        )
+    if not folder.is_dir() or not any(f.name.lower() == "mlproject" for f in folder.iterdir()):
+        raise argparse.ArgumentTypeError(
+            f"expected an MLflow project: a folder with an MLproject file (relative to "
+            f"{Path.cwd()}) or a Git URI, got {text!r}"
+        )
+    return text
+
+
+def metric_name(text: str) -> str:
+    """An argparse type: a metric name that MLflow accepts, and not a direction."""
+    if text.lower() in (*GOALS, "max", "min"):
+        raise argparse.ArgumentTypeError(
+            f"expected the name of a metric the trials log (goal says which way), got {text!r}"
+        )
+    normal = posixpath.normpath(text)
+    if not METRIC_NAME.fullmatch(text) or normal != text or normal.startswith(("..", "/")):
+        raise argparse.ArgumentTypeError(
+            "expected the name of a metric the trials log (letters, digits, '_', '-', '.', "
+            f"' ', ':' and '/'), got {text!r}"
+        )
+    return text
+
+
+def json_file(text: str) -> str:
+    """An argparse type: a file that holds a JSON object, or "" for none."""
+    if not text:
+        return text
+    try:
+        content = json.loads(Path(text).expanduser().read_text())
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON file, got {text!r}: {exc}") from None
+    if not isinstance(content, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object in {text!r}")
+    return text
 
 
 def one_of(*choices: str) -> Callable[[str], str]:
@@ -76,9 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--trials", type=number(int, 1), default=8)
-    add("--max-parallel", type=number(int, 1), default=2)
-    add("--project", default="../mnist-conda", help="the MLflow project each trial runs")
-    add("--metric", default="val_accuracy", help="the trial metric the search optimizes")
+    add("--max-parallel", type=number(int, 1, MAX_PARALLEL), default=2)
+    add("--project", type=project, default="../mnist-conda", help="what each trial runs")
+    add("--metric", type=metric_name, default="val_accuracy", help="what the search optimizes")
     add("--goal", type=one_of(*GOALS), default="maximize")
     add("--learning-rate-min", type=number(float, 0, open_low=True), default=1e-4)
     add("--learning-rate-max", type=number(float, 0, open_low=True), default=1e-2)
@@ -89,12 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--trial-params", type=key_values, default={}, help="fixed params of every trial")
     add("--env-manager", type=one_of("", *ENV_MANAGERS), default="", help="'': the sweep's own")
     add("--backend", type=one_of(*BACKENDS), default="local")
-    add("--backend-config", default="", help="kubernetes_config.json for backend kubernetes")
+    add("--backend-config", type=json_file, default="", help="kubernetes_config.json")
     add("--build-image", type=boolean, default=False, help="docker_env: build the image once")
     add("--docker-args", type=docker_args, default={}, help="what `mlflow run -A` takes")
-    add("--seed", type=number(int, 0, 2**32 - 1), default=42, help="seeds the sampler")
+    add("--seed", type=seed, default=42, help="seeds the sampler")
     add("--registered-model-name", type=model_name, default="", help="register the best model")
-    add("--ranking-metric", default="test_accuracy", help="the registered version's ranking")
+    add("--ranking-metric", type=metric_name, default="test_accuracy", help="ranks the version")
     args = parser.parse_args(argv)
     for name in SEARCHED:
         low, high = getattr(args, f"{name}_min"), getattr(args, f"{name}_max")
@@ -109,19 +185,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def interruptible() -> Iterator[None]:
     """Ctrl-C and SIGTERM (what `mlflow run` sends its command when it is interrupted) raise
     KeyboardInterrupt once; after that both are ignored, so that the trials can be stopped
-    without a second signal cutting that short."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in SIGNALS}
-    try:
+    without a second signal cutting that short. The death of the `mlflow run` that started the
+    sweep is a SIGTERM too (the launcher watch of project_tools.lifecycle)."""
+    interrupts = raise_once_on_signal(lambda signum: KeyboardInterrupt())
+    with interrupts, Stopper(PROG, handle_signals=False):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def trial_env_manager(asked: str, tags: dict[str, str]) -> str:
@@ -174,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     from project_tools.registry import RegistryError
+    from project_tools.tracking import shown_store
 
     from .history import RegisterError
     from .search import AllTrialsFailed
@@ -205,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         end("FINISHED")
     print(f"Best: trial {best.number}, run {best.run_id}, {args.metric} {best.value:.4f}")
-    print(f"Sweep run id: {run.info.run_id}  Tracking store: {mlflow.get_tracking_uri()}")
+    print(f"Sweep run id: {run.info.run_id}  Tracking store: {shown_store()}")
     return 0
 
 

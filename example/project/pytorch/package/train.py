@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from project_tools.cli import OneLineParser, model_name, number
+from project_tools.cli import OneLineParser, model_name, number, seed
 from project_tools.docker_guard import require_kept_artifacts
 
 PROG = f"{__package__}.train"  # e.g. my_exp.train: the prefix of every error line
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--epochs", type=number(int, 1), default=3)
     add("--batch-size", type=number(int, 1), default=64)
     add("--learning-rate", type=number(float, 0, open_low=True), default=0.003)
-    add("--seed", type=number(int, 0, 2**32 - 1), default=42)
+    add("--seed", type=seed, default=42)
     add("--registered-model-name", type=model_name, default="", help="register the model")
     return parser.parse_args(argv)
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_loader import load_mnist, make_loader, split_train_val
     from project_tools.registry import RegistryError, register_candidate
+    from project_tools.tracking import shown_store
 
     from .model import SmallCNN, accuracy
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # (4) One line a person can act on.
     print(f"Test accuracy: {test_accuracy:.2%}  run id: {run.info.run_id}  model: {model_uri}")
-    print(f"Tracking store: {mlflow.get_tracking_uri()}")
+    print(f"Tracking store: {shown_store()}")
     return 0
 
 

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_loader import load_mnist_arrays
     from project_tools.registry import RegistryError, register_candidate
+    from project_tools.tracking import shown_store
 
     # (2) The bundled sample through the data_loader link, as numpy (no torch): uint8 images
     # (N, 28, 28) flattened to N rows of 784 float pixels in [0, 1].
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # (4) One line a person can act on.
     print(f"Test accuracy: {metrics['test_accuracy']:.2%}  run id: {run.info.run_id}")
-    print(f"Model: {model_uri}  tracking store: {mlflow.get_tracking_uri()}")
+    print(f"Model: {model_uri}  tracking store: {shown_store()}")
     return 0
 
 

@@ -1,0 +1,36 @@
+"""Mask credentials in text: the values of credential variables and passwords in URLs.
+
+Free of MLflow, so that any tool can import it first: project_tools.secrets (the MLflow
+plugin that applies it to every log record of `mlflow` commands) imports MLflow, whose plugin
+registry would import that module again half-initialized.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+# Environment variables whose value is a credential (matched anywhere in the name).
+SECRET_NAME = re.compile(
+    r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|SESSION_KEY|PRIVATE_KEY|API_KEY|CONNECTION_STRING"
+    r"|CREDENTIAL",
+    re.IGNORECASE,
+)
+# user:password@ in a URL (a tracking URI or a database URI).
+URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://[^/@\s:]+):[^/@\s]+@")
+MASK = "***"
+
+
+def secret_values(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The values of credential variables, longest first (a value inside another is masked
+    with it). Values under 4 characters are not masked: they would mask ordinary text."""
+    values = {v for k, v in environ.items() if SECRET_NAME.search(k) and len(v) >= 4}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:
+    """``text`` with every credential value of ``environ`` and every URL password masked."""
+    for value in secret_values(environ):
+        text = text.replace(value, MASK)
+    return URL_PASSWORD.sub(rf"\g<scheme>:{MASK}@", text)

@@ -13,10 +13,11 @@ RUN_ENV := PATH="$(BIN):$$PATH"
 # uses by default from this folder). Every target that records or reads prints it.
 LOCAL_STORE := sqlite:///$(CURDIR)/mlflow.db
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),$(LOCAL_STORE))
-# What is printed of it: a password in it (scheme://user:password@...) as ***, the rule of
-# project_tools.secrets.redact. Recipes read the URI from their environment, never from their
-# command line, which make echoes.
-SHOWN_STORE = $(shell printf '%s' '$(TRACKING_URI)' | sed -E 's|^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]+):[^/@]+@|\1:***@|')
+# What is printed of it: credentials masked by project_tools.redaction (MLflow-free, so the
+# system Python runs it before .venv exists). Recipes read the URI from their environment,
+# never from their command line, which make echoes.
+SHOWN_STORE = $(shell PYTHONPATH=$(CURDIR)/example $(PYTHON) -c 'import sys; \
+  from project_tools.redaction import redact; print(redact(sys.argv[1]))' '$(TRACKING_URI)')
 SAY_STORE = @echo "Tracking store: $(SHOWN_STORE)"
 run ui sweep run-docker run-k8s promote serve predict: export MLFLOW_TRACKING_URI := $(TRACKING_URI)
 PROJECT ?= projects/mnist-conda

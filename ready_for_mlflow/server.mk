@@ -31,7 +31,7 @@ promote: setup ## Evaluate MODEL VERSION on held-out data; move alias champion t
 	@[ -n "$(MODEL)" ] && [ -n "$(VERSION)" ] || \
 	  { echo "make promote: set MODEL=<registered model name> VERSION=<version>" >&2; exit 2; }
 	$(SAY_STORE)
-	@MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/python -m ready_for_mlflow.promote \
+	@$(BIN)/python -m ready_for_mlflow.promote \
 	  "$(MODEL)" "$(VERSION)"
 
 serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT; ALLOW_PICKLE=1 serves pickled models too (their code runs)
@@ -46,5 +46,5 @@ predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL
 	@[ -n "$(MODEL)" ] && [ -n "$(INPUT)" ] || \
 	  { echo "make predict: set MODEL=<model URI> INPUT=<folder, image, IDX or CSV>" >&2; exit 2; }
 	$(SAY_STORE)
-	@MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/python -m predict \
+	@$(BIN)/python -m predict \
 	  "$(MODEL)" "$(INPUT)"

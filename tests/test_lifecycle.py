@@ -102,10 +102,8 @@ def ended(process: subprocess.Popen, mark: str, docker: bool = False) -> Iterato
             subprocess.run(["docker", "rm", "--force", *left], capture_output=True, timeout=60)
 
 
-def wait_for_steps(
-    tracking_uri: str, process: subprocess.Popen, log: Path, experiment: str, min_step: int = 10
-) -> str:
-    """The id of the run, once it has a step metric >= min_step."""
+def wait_for_steps(tracking_uri: str, process: subprocess.Popen, log: Path, experiment: str) -> str:
+    """The id of the run, once it has a step metric (the first is sent at once)."""
     client = MlflowClient(tracking_uri)
 
     def stepped() -> str | None:
@@ -114,7 +112,7 @@ def wait_for_steps(
         if run is None:
             return None
         history = client.get_metric_history(run.info.run_id, "train_loss_step")
-        return run.info.run_id if any(m.step >= min_step for m in history) else None
+        return run.info.run_id if history else None
 
     return wait_until(stepped, 300, "a train_loss_step metric")
 
@@ -125,16 +123,15 @@ def training(
     tmp_path: Path,
     experiment: str,
     params: dict,
-    min_step: int = 10,
     project: Path = MNIST_CONDA,
 ) -> Iterator[tuple[subprocess.Popen, str, str]]:
-    """`mlflow run` of ``project``: it, its mark and run id once a step metric >= min_step
-    exists. It and every process it started end with the block."""
+    """`mlflow run` of ``project``: it, its mark and run id once a step metric exists. It and
+    every process it started end with the block."""
     mark = uuid.uuid4().hex
     log = tmp_path / "run.log"
     process = start_mlflow_run(project, tracking_uri, params, log, mark, experiment)
     with ended(process, mark):
-        yield process, mark, wait_for_steps(tracking_uri, process, log, experiment, min_step)
+        yield process, mark, wait_for_steps(tracking_uri, process, log, experiment)
 
 
 def assert_stopped(client: MlflowClient, mark: str, run_id: str, signalled: float) -> None:
@@ -305,14 +302,14 @@ def test_resume_continues_the_killed_run_to_the_same_result(
     (uninterrupted,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
 
     experiment = f"resume-{uuid.uuid4().hex[:8]}"
-    with training(tracking_server.url, tmp_path, experiment, params, min_step=20) as started:
+    with training(tracking_server.url, tmp_path, experiment, params) as started:
         process, mark, run_id = started
         signalled = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         assert_stopped_killed(client, process, mark, run_id, tmp_path / "run.log", signalled)
     killed_at = max(m.step for m in client.get_metric_history(run_id, "train_loss_step"))
 
-    # Only resume_from: MLflow passes the MLproject defaults (epochs=5, seed=42, ...), and the
+    # Only resume_from: MLflow passes the MLproject defaults (epochs, seed, ...), and the
     # run continues with its own parameters.
     resumed = tmp_path / "resumed"
     resumed.mkdir()

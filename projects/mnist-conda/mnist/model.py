@@ -14,9 +14,13 @@ PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    """3x3 convolution, then (when ``pool``) 2x2 max pooling, batch norm and ReLU. Pooling
+    before the normalization lets batch norm and ReLU, the costliest steps of a CPU training
+    step after the convolutions, work on a quarter of the pixels."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        *([nn.MaxPool2d(2)] if pool else []),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -28,15 +32,12 @@ class DigitNet(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_block(1, 16),
-            nn.MaxPool2d(2),  # 14x14
-            conv_block(16, 32),
-            nn.MaxPool2d(2),  # 7x7
-            conv_block(32, 64),
+            conv_block(1, 16, pool=True),  # 14x14
+            conv_block(16, 32, pool=True),  # 7x7
+            conv_block(32, 64, pool=False),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(0.25),
             nn.Linear(64 * 7 * 7, 256),
             nn.ReLU(inplace=True),
             nn.Dropout(0.25),

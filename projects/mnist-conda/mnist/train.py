@@ -72,7 +72,7 @@ def add_recipe_arguments(
     rule and batch help, then sets its own defaults (``parser.set_defaults``).
     """
     add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=12)
+    add("--epochs", type=number(int, 1), default=14)
     add("--batch-size", type=number(int, 1), default=256, help=batch_help)
     add("--learning-rate", type=number(float, 0, open_low=True), default=3e-3)
     add(

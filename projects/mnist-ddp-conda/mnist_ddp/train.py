@@ -251,13 +251,11 @@ def record_rank_zero(
         log_epoch_metrics,
         log_model,
         log_new_params,
+        log_step_loss,
         metrics_sent_at_exit,
     )
     from project_tools.registry import RegistryError, register_candidate
     from project_tools.tracking import shown_store
-
-    def on_step(step: int, loss: float) -> None:  # called every LOG_EVERY_STEPS steps
-        mlflow.log_metric("train_loss_step", loss, step=step, synchronous=False)
 
     def on_epoch(result: EpochResult, images_per_second: float) -> None:
         metrics = result._asdict() | {"train_images_per_second": images_per_second}
@@ -288,7 +286,9 @@ def record_rank_zero(
         )
         log_datasets(digits.full_train, digits.test)
         with metrics_sent_at_exit():
-            model, test_metrics = train_and_test(args, ranks, device, digits, on_step, on_epoch)
+            model, test_metrics = train_and_test(
+                args, ranks, device, digits, log_step_loss, on_epoch
+            )
         mlflow.log_metrics(test_metrics)
         try:
             model_uri = log_model(model, digits.test.images[:4])

@@ -84,7 +84,7 @@ ui: setup ## Open the MLflow UI on the tracking store
 	$(BIN)/mlflow ui --backend-store-uri "$$MLFLOW_TRACKING_URI" --port $(UI_PORT)
 
 test: setup ## The quick part of the suite: no Docker, server, image push, uv build or long training
-	$(RUN_ENV) $(BIN)/pytest -m "$(QUICK_TESTS)" $(PYTEST_ARGS)
+	$(RUN_ENV) $(BIN)/pytest -m "$(QUICK_TESTS)" -n auto $(PYTEST_ARGS)
 
 test-all: setup ## The whole suite, as CI runs it (smoke-runs every project with mlflow run)
 	$(RUN_ENV) $(BIN)/pytest --durations=30 $(PYTEST_ARGS)

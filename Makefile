@@ -29,7 +29,7 @@ PYTEST_ARGS ?=
 QUICK_TESTS := not (docker or server or slow or uv or k8s or conda)
 # `make benchmark`: modules of benchmarks/, in this order (BENCHMARKS=serving runs one).
 BENCHMARKS ?= mnist_recipes ddp_throughput tracking_overhead serving startup docker_build \
-  make_run tracking_load suite
+  make_run tracking_load gpu_training suite
 VARIANTS ?= conda
 TEMPLATE ?= pytorch
 TRIALS ?= 8

@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
 from data_loader import load_mnist, make_loader, split_train_val
 from mnist.recipe import evaluate, fit
@@ -98,25 +99,32 @@ def project_defaults() -> dict[str, object]:
     return {name: value["default"] for name, value in spec.items()}
 
 
+class DefaultData(NamedTuple):
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    train_size: int
+
+
+def default_data(seed: int) -> DefaultData:
+    """The loaders ``mnist.train`` makes at the project's defaults, and seed torch as it does."""
+    defaults = project_defaults()
+    train_full, test = load_mnist(split="train"), load_mnist(split="test")
+    torch.manual_seed(seed)
+    train_set, val_set = split_train_val(train_full, float(defaults["val_fraction"]), seed)
+    loader = make_loader(train_set, int(defaults["batch_size"]), shuffle=True, seed=seed)
+    return DefaultData(loader, make_loader(val_set, 1000), make_loader(test, 1000), len(train_set))
+
+
 def ours(seed: int) -> Row:
     """The steps of ``mnist.train`` at the project's defaults, without the MLflow records."""
     defaults = project_defaults()
-    epochs, val_fraction = int(defaults["epochs"]), float(defaults["val_fraction"])
-    train_full, test = load_mnist(split="train"), load_mnist(split="test")
-    torch.manual_seed(seed)
-    train_set, val_set = split_train_val(train_full, val_fraction, seed)
-    loader = make_loader(train_set, int(defaults["batch_size"]), shuffle=True, seed=seed)
+    epochs = int(defaults["epochs"])
+    data = default_data(seed)
     start = time.perf_counter()
-    model = fit(
-        loader,
-        make_loader(val_set, 1000),
-        epochs,
-        float(defaults["learning_rate"]),
-        CPU,
-        progress=False,
-    )
+    model = fit(data.train, data.val, epochs, float(defaults["learning_rate"]), CPU, progress=False)
     seconds = time.perf_counter() - start
-    accuracy = evaluate(model, make_loader(test, 1000), CPU)[1]
+    accuracy = evaluate(model, data.test, CPU)[1]
     return Row(OURS, seed, epochs, seconds, accuracy, peak_rss_mb())
 
 

@@ -71,8 +71,8 @@ def _send() -> None:
     A few batched requests (one every few seconds), sent synchronously with the
     client's usual retries: a restarted server delays training, it loses no point. MLflow's
     asynchronous queue (``synchronous=False``) measured slower here: with its threads started,
-    the CPU training ran about 15% slower, even with nothing queued (`make benchmark`,
-    tracking_overhead; docs/performance.md).
+    the CPU training ran about 15% slower, even with nothing queued (a probe described in
+    docs/performance.md; `python -m benchmarks.tracking_overhead` measures the result).
     """
     global _last_sent
     batch = _unsent.copy()

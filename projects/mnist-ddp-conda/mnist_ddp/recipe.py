@@ -90,7 +90,6 @@ def fit(
     seed: int,
     device: torch.device,
     num_workers: int = 0,
-    log_every: int = 10,
     on_step: Callable[[int, float], None] = lambda step, loss: None,
     on_epoch: Callable[[EpochResult, float], None] = lambda result, images_per_second: None,
     progress: bool = True,
@@ -98,7 +97,7 @@ def fit(
     """Train a fresh DigitNet on every rank at once; return this rank's copy (all are equal).
 
     ``batch_size`` is the global batch, split evenly across ranks (the caller checks that it
-    divides). Every ``log_every`` steps, ``on_step`` gets the step's loss averaged over ranks;
+    divides). After every step, ``on_step`` gets the step's loss averaged over ranks;
     after each epoch, ``on_epoch`` gets the epoch's metrics over all ranks and the images
     trained per second by all ranks together. Both are called on every rank.
 
@@ -158,8 +157,7 @@ def fit(
             total += step_loss * len(labels)
             count += len(labels)
             bar.set_postfix(loss=f"{step_loss:.3f}")
-            if step % log_every == 0:
-                on_step(step, loss_sum / ranks_sum)
+            on_step(step, loss_sum / ranks_sum)
         elapsed = global_max(time.perf_counter() - start, device)
         loss_sum, images_sum = global_sums([total, count], device)
         share_buffers(model)

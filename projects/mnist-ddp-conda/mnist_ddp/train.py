@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 PROG = "mnist_ddp.train"
 DEVICE = re.compile(r"auto|cpu|cuda")
-LOG_EVERY_STEPS = 10
 # How gloo and NCCL say that another rank went away.
 PEER_LOST = re.compile(r"remote (worker|process)|by peer", re.IGNORECASE)
 # Set by mnist_ddp.launch: where rank 0 writes the id of the run it records.
@@ -226,7 +225,6 @@ def train_and_test(
         args.seed,
         device,
         args.num_workers,
-        LOG_EVERY_STEPS,
         on_step,
         on_epoch,
         progress=ranks.rank == 0,

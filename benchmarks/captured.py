@@ -16,7 +16,7 @@ import sys
 import time
 
 from benchmarks.results import Row, record
-from project_tools.cli import OneLineParser, fail
+from mlflow_project_store.project_tools.cli import OneLineParser, fail
 
 PROG = "benchmarks.captured"
 # The benchmarks that print their results as Markdown tables.

@@ -34,8 +34,8 @@ from typing import NamedTuple
 import torch
 from mlflow.tracking import MlflowClient
 
-from project_tools.cli import OneLineParser, number
-from scaffold.layout import PROJECTS
+from mlflow_project_store.layout import PROJECTS
+from mlflow_project_store.project_tools.cli import OneLineParser, number
 
 PROJECT = PROJECTS / "mnist-ddp-conda"
 METRIC = "train_images_per_second"

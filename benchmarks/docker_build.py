@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks.results import RESULTS, record
-from project_tools.cli import OneLineParser
-from scaffold.layout import PROJECTS
+from mlflow_project_store.layout import PROJECTS
+from mlflow_project_store.project_tools.cli import OneLineParser
 
 PROJECT = PROJECTS / "mnist-docker"
 RUN_IMAGE = "mlflow-store-bench/mnist-docker"

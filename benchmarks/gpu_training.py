@@ -19,8 +19,8 @@ import torch
 
 from benchmarks.mnist_recipes import default_data, project_defaults
 from benchmarks.results import record
+from mlflow_project_store.project_tools.cli import OneLineParser, number
 from mnist.recipe import evaluate, fit
-from project_tools.cli import OneLineParser, number
 
 
 def train(device: torch.device, epochs: int, mixed_precision: bool) -> dict[str, object]:

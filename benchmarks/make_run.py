@@ -18,8 +18,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from benchmarks.results import record
-from project_tools.cli import OneLineParser, number
-from scaffold.layout import ROOT
+from mlflow_project_store.layout import ROOT
+from mlflow_project_store.project_tools.cli import OneLineParser, number
 
 
 def main() -> None:

@@ -29,9 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from data_loader import load_mnist, make_loader, split_train_val
+from mlflow_project_store.data_loader import load_mnist, make_loader, split_train_val
+from mlflow_project_store.project_tools.cli import OneLineParser, number
 from mnist.recipe import evaluate, fit
-from project_tools.cli import OneLineParser, number
 
 CPU = torch.device("cpu")
 MLPROJECT = Path(__file__).resolve().parents[1] / "projects" / "mnist-conda" / "MLproject"

@@ -14,7 +14,7 @@ import platform
 import time
 from pathlib import Path
 
-from project_tools.cli import OneLineParser
+from mlflow_project_store.project_tools.cli import OneLineParser
 
 RESULTS = Path(__file__).with_name("results.json")
 

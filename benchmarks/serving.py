@@ -24,10 +24,18 @@ import numpy as np
 import requests
 
 from benchmarks.results import record
-from data_loader import load_mnist
-from project_tools.cli import OneLineParser, number
-from ready_for_mlflow.servers import HOST, VENV_BIN, free_port, launch, mlflow_server, moto_s3, stop
-from scaffold.layout import ROOT
+from mlflow_project_store.data_loader import load_mnist
+from mlflow_project_store.layout import ROOT
+from mlflow_project_store.project_tools.cli import OneLineParser, number
+from mlflow_project_store.ready_for_mlflow.servers import (
+    HOST,
+    VENV_BIN,
+    free_port,
+    launch,
+    mlflow_server,
+    moto_s3,
+    stop,
+)
 
 MODEL = "mnist-bench"
 TEST_IDX = ROOT / "example" / "data_loader" / "mnist_sample" / "t10k-images-idx3-ubyte.gz"

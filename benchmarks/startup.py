@@ -24,9 +24,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from benchmarks.results import record
-from project_tools.cli import OneLineParser, number
-from ready_for_mlflow.servers import VENV_BIN
-from scaffold.layout import PROJECTS
+from mlflow_project_store.layout import PROJECTS
+from mlflow_project_store.project_tools.cli import OneLineParser, number
+from mlflow_project_store.ready_for_mlflow.servers import VENV_BIN
 
 PROJECT = PROJECTS / "mnist-conda"
 PARAMS = {"epochs": 1, "batch_size": 64}

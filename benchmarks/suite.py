@@ -20,8 +20,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from benchmarks.results import record
-from project_tools.cli import OneLineParser
-from scaffold.layout import ROOT
+from mlflow_project_store.layout import ROOT
+from mlflow_project_store.project_tools.cli import OneLineParser
 
 
 def busy_cpu_seconds() -> float:

@@ -24,8 +24,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from benchmarks.results import record
-from project_tools.cli import OneLineParser, number
-from ready_for_mlflow.servers import mlflow_server, moto_s3, postgres, postgres_binaries
+from mlflow_project_store.project_tools.cli import OneLineParser, number
+from mlflow_project_store.ready_for_mlflow.servers import (
+    mlflow_server,
+    moto_s3,
+    postgres,
+    postgres_binaries,
+)
 
 STORES = ("postgresql", "sqlite", "sqlite-file")
 

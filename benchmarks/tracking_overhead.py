@@ -23,7 +23,9 @@ import torch
 
 from benchmarks.mnist_recipes import project_defaults
 from benchmarks.results import record
-from data_loader import load_mnist, make_loader, split_train_val
+from mlflow_project_store.data_loader import load_mnist, make_loader, split_train_val
+from mlflow_project_store.project_tools.cli import OneLineParser, number
+from mlflow_project_store.ready_for_mlflow.servers import mlflow_server, moto_s3
 from mnist.recipe import EpochResult, fit
 from mnist.tracking import (
     log_datasets,
@@ -32,8 +34,6 @@ from mnist.tracking import (
     log_step_loss,
     metrics_sent_at_exit,
 )
-from project_tools.cli import OneLineParser, number
-from ready_for_mlflow.servers import mlflow_server, moto_s3
 
 CPU = torch.device("cpu")
 DEFAULTS = project_defaults()

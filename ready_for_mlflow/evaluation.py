@@ -24,9 +24,9 @@ from mlflow.models import EvaluationResult
 from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
 
-from data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist_arrays
-from predict.safety import load_model
-from ready_for_mlflow.gates import Gate
+from mlflow_project_store.data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist_arrays
+from mlflow_project_store.predict.safety import load_model
+from mlflow_project_store.ready_for_mlflow.gates import Gate
 
 EVALUATION_RUN_TAG = "evaluation_run_id"
 # Where an evaluation goes when the version has no training run to sit beside.

@@ -26,11 +26,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
 
-from project_tools.cli import OneLineParser, fail
-from project_tools.registry import CHAMPION, RANKING_METRIC_TAG
-from project_tools.tracking import require_tracking_server
-from ready_for_mlflow.evaluation import HELDOUT, Evaluation, evaluate, recorded
-from ready_for_mlflow.gates import GATES, Gate
+from mlflow_project_store.project_tools.cli import OneLineParser, fail
+from mlflow_project_store.project_tools.registry import CHAMPION, RANKING_METRIC_TAG
+from mlflow_project_store.project_tools.tracking import require_tracking_server
+from mlflow_project_store.ready_for_mlflow.evaluation import HELDOUT, Evaluation, evaluate, recorded
+from mlflow_project_store.ready_for_mlflow.gates import GATES, Gate
 
 PROG = "promote"
 

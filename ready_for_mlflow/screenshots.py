@@ -29,8 +29,13 @@ from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
 
-from project_tools.cli import OneLineParser, fail
-from ready_for_mlflow.servers import VENV_BIN, client_env, mlflow_server, moto_s3
+from mlflow_project_store.project_tools.cli import OneLineParser, fail
+from mlflow_project_store.ready_for_mlflow.servers import (
+    VENV_BIN,
+    client_env,
+    mlflow_server,
+    moto_s3,
+)
 
 PROG = "make screenshots"
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +154,7 @@ def record_runs(url: str, plan: Plan) -> Recorded:
 
 def promote_best(url: str) -> str:
     """Promote the ``MODEL`` version with the best test accuracy with ``make promote``'s code."""
-    from ready_for_mlflow import promote
+    from mlflow_project_store.ready_for_mlflow import promote
 
     client = MlflowClient(url)
     versions = client.search_model_versions(f"name = '{MODEL}'")

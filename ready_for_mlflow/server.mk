@@ -14,37 +14,35 @@ INPUT ?=
 # make serve ALLOW_PICKLE=1: serve pickled models too (loading one runs its author's code).
 ALLOW_PICKLE ?=
 
-# The settings of ready_for_mlflow/servers.py, which starts and stops the servers.
-SERVER_ENV := SERVER_STATE="$(SERVER_STATE)" SERVER_PORT="$(SERVER_PORT)" \
-  S3_PORT="$(S3_PORT)" BACKEND_STORE_URI="$(BACKEND_STORE_URI)" \
-  ARTIFACTS_DESTINATION="$(ARTIFACTS_DESTINATION)" ENV_FILE="$(ENV_FILE)"
+# The settings of ready_for_mlflow/servers.py and the model commands, as their environment.
+export SERVER_STATE SERVER_PORT S3_PORT BACKEND_STORE_URI ARTIFACTS_DESTINATION ENV_FILE \
+  SERVE_PORT MODEL VERSION INPUT ALLOW_PICKLE
 
 .PHONY: server server-stop promote serve predict
 
 server: setup ## Start a local tracking server (SQL store, artifacts proxied to S3)
-	@$(SERVER_ENV) $(BIN)/python -m ready_for_mlflow.servers start
+	@$(TOOL).ready_for_mlflow.servers start
 
-server-stop: ## Stop what `make server` started
-	@$(SERVER_ENV) $(BIN)/python -m ready_for_mlflow.servers stop
+server-stop: setup ## Stop what `make server` started
+	@$(TOOL).ready_for_mlflow.servers stop
 
 promote: setup ## Evaluate MODEL VERSION on held-out data; move alias champion to it only if it passes its gate
-	@[ -n "$(MODEL)" ] && [ -n "$(VERSION)" ] || \
+	@[ -n "$$MODEL" ] && [ -n "$$VERSION" ] || \
 	  { echo "make promote: set MODEL=<registered model name> VERSION=<version>" >&2; exit 2; }
-	$(SAY_STORE)
-	@$(BIN)/python -m ready_for_mlflow.promote \
-	  "$(MODEL)" "$(VERSION)"
+	$(STORE) --check
+	@$(TOOL).ready_for_mlflow.promote "$$MODEL" "$$VERSION"
 
 serve: setup ## Serve MODEL (e.g. models:/mnist@champion) over REST on SERVE_PORT; ALLOW_PICKLE=1 serves pickled models too (their code runs)
-	@[ -n "$(MODEL)" ] || \
+	@[ -n "$$MODEL" ] || \
 	  { echo "make serve: set MODEL=<model URI>, e.g. MODEL=models:/mnist@champion" >&2; exit 2; }
-	$(SAY_STORE)
+	$(STORE) --check
 	$(RUN_ENV) MLFLOW_DEFAULT_PREDICTION_DEVICE=$${MLFLOW_DEFAULT_PREDICTION_DEVICE:-cpu} \
-	  $(BIN)/python -m predict.serve "$(MODEL)" --host 127.0.0.1 --port $(SERVE_PORT) \
-	  --prog "make serve" --allow-hint ALLOW_PICKLE=1 $(if $(filter 1,$(ALLOW_PICKLE)),--allow-pickle)
+	  $(BIN)/python -m mlflow_project_store.predict.serve "$$MODEL" --host 127.0.0.1 \
+	  --port "$$SERVE_PORT" --prog "make serve" --allow-hint ALLOW_PICKLE=1 \
+	  $$( [ "$$ALLOW_PICKLE" = 1 ] && echo --allow-pickle )
 
 predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL
-	@[ -n "$(MODEL)" ] && [ -n "$(INPUT)" ] || \
+	@[ -n "$$MODEL" ] && [ -n "$$INPUT" ] || \
 	  { echo "make predict: set MODEL=<model URI> INPUT=<folder, image, IDX or CSV>" >&2; exit 2; }
-	$(SAY_STORE)
-	@$(BIN)/python -m predict \
-	  "$(MODEL)" "$(INPUT)"
+	$(STORE) --check
+	@$(TOOL).predict "$$MODEL" "$$INPUT"

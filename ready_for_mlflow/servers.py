@@ -34,8 +34,8 @@ from pathlib import Path
 import boto3
 from dotenv import dotenv_values
 
-from project_tools.cli import OneLineParser, fail, number
-from project_tools.redaction import redact
+from mlflow_project_store.project_tools.cli import OneLineParser, fail, number
+from mlflow_project_store.project_tools.redaction import redact
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"

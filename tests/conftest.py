@@ -21,14 +21,21 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from data_loader import load_mnist
-from ready_for_mlflow.servers import S3, TrackingServer, docker_registry, mlflow_server, moto_s3
+from mlflow_project_store.ready_for_mlflow.servers import (
+    S3,
+    TrackingServer,
+    docker_registry,
+    mlflow_server,
+    moto_s3,
+)
 from tests.helpers.artifacts import DigitFiles, TrainedModel
 from tests.helpers.commands import run_project
 from tests.helpers.components import require
+from tests.helpers.outside import GitStore, git_daemon, make_launcher
 
 HELDOUT_PNGS = 120
 # Fixtures that start a server (moto S3, mlflow server, the image registry) or need Docker.
-SERVER_FIXTURES = {"s3", "tracking_server", "trained_mnist", "registry"}
+SERVER_FIXTURES = {"s3", "tracking_server", "trained_mnist", "registry", "git_store"}
 DOCKER_FIXTURES = {"registry"}
 
 
@@ -90,6 +97,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     with docker_registry(tmp_path_factory.mktemp("registry"), REGISTRY_CACHE) as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bin folder of a virtualenv with only mlflow and uv: a user's, not this repository's."""
+    return make_launcher(tmp_path_factory.mktemp("launcher"))
+
+
+@pytest.fixture(scope="session")
+def git_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitStore]:
+    """This repository's committed HEAD, served over git:// on loopback."""
+    require("git daemon", shutil.which("git") is not None, "apt-get install git")
+    with git_daemon(tmp_path_factory.mktemp("git")) as store:
+        yield store
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,12 @@ from data_loader import (
     split_train_val,
     write_idx,
 )
-from ready_for_mlflow.servers import client_env
-from tests.helpers.commands import one_line_reason
+from mlflow_project_store.layout import PROJECTS
+from mlflow_project_store.ready_for_mlflow.servers import client_env
+from tests.helpers.commands import in_project, one_line_reason
 from tests.helpers.hostile import BOMB_IMAGES, run_limited, write_idx_bomb, write_labels
+
+MNIST_CONDA = PROJECTS / "mnist-conda"
 
 IMAGES = "train-images-idx3-ubyte"
 LABELS = "train-labels-idx1-ubyte"
@@ -226,7 +229,7 @@ def train_cli(data_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str
     """The MNIST project's entry point on ``data_dir``, as `mlflow run` starts it."""
     return subprocess.run(
         [sys.executable, "-m", "mnist.train", "--data-dir", str(data_dir), "--epochs", "1"],
-        env=client_env(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        env=in_project(MNIST_CONDA, client_env(f"sqlite:///{tmp_path / 'mlflow.db'}")),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -282,7 +285,7 @@ def test_gzip_bomb_under_a_memory_limit(tmp_path: Path, digits) -> None:
     bomb.mkdir()
     write_idx_bomb(bomb / f"{IMAGES}.gz")
     write_labels(bomb / f"{LABELS}.gz", BOMB_IMAGES)
-    env = client_env(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = in_project(MNIST_CONDA, client_env(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     limit = 3 << 30
 
     def load(folder: Path, **extra: str):

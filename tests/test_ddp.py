@@ -1,10 +1,11 @@
-"""Distributed data-parallel training (projects/mnist-ddp-*): torchrun processes that make one
-MLflow run, how a failed rank ends it, and the Kubernetes Indexed Job that runs it on pods.
+"""Distributed data-parallel training (the `distributed` entry point of mnist-conda and
+mnist-docker): torchrun processes that make one MLflow run, how a failed rank ends it, and the
+Kubernetes Indexed Job that runs it on pods.
 
-Everything runs for real on this machine's CPU (gloo): `mlflow run` with 2 processes, a rank
-killed or raising mid-training, and the Job's 2 pods as 2 containers of the pushed image (see
-tests/helpers/ddp.py for what stands in for the cluster). The smoke runs of both projects are
-in test_projects.py.
+Everything runs for real on this machine's CPU (gloo): `mlflow run -e distributed` with 2
+processes, a rank killed or raising mid-training, and `make run-k8s ENTRY_POINT=distributed`,
+whose 2 pods run as 2 containers of the pushed image on the stand-in cluster of
+tests/helpers/cluster.py (no Kubernetes cluster can run here).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import yaml
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import S3, TrackingServer
-from scaffold.layout import KUBERNETES_VERSION, PROJECTS
-from tests.helpers.commands import mlflow_run, one_line_reason, only_run
+from mlflow_project_store.layout import KUBERNETES_VERSION, PROJECTS
+from mlflow_project_store.ready_for_mlflow.servers import S3, TrackingServer
+from tests.helpers.cluster import container_of, job_cluster
+from tests.helpers.commands import make, mlflow_run, one_line_reason, only_run
+from tests.helpers.components import require_docker_image
 from tests.helpers.ddp import (
     env_value,
     failing_rank_env,
@@ -34,16 +37,16 @@ from tests.helpers.ddp import (
     processes_with_env,
     project_python,
     rank_process,
-    run_indexed_job_in_docker,
 )
 from tests.helpers.heldout import mnist_accuracy
-from tests.helpers.kubernetes import container_of, render
-from tests.helpers.projects import smoke_config
+from tests.helpers.kubernetes import render
 
-DDP_CONDA = PROJECTS / "mnist-ddp-conda"
-DDP_K8S = PROJECTS / "mnist-ddp-k8s"
-MNIST_K8S = PROJECTS / "mnist-k8s"
+MNIST_CONDA = PROJECTS / "mnist-conda"
+MNIST_DOCKER = PROJECTS / "mnist-docker"
+DISTRIBUTED = ["-e", "distributed"]
+LAUNCHER = "mnist.distributed.launch: error:"
 SHORT = {"epochs": 1, "batch_size": 128, "learning_rate": 0.003, "seed": 7}
+TWO_PROCESSES = {"nproc_per_node": 2, **SHORT}
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "train_images_per_second")
 FAKE_DIGEST = "sha256:" + "cd" * 32
 TOKEN = "MNIST_DDP_TEST_TOKEN"
@@ -69,9 +72,10 @@ def test_two_processes_make_one_run_that_matches_one_process(
 ) -> None:
     """2 processes: one FINISHED run whose metrics rank 0 alone logged once each; the model
     scores like the 1-process run's with the same seed and global batch."""
-    params = smoke_config(DDP_CONDA)["parameters"]
-    assert params["nproc_per_node"] == 2 and params["epochs"] == 1
-    result = mlflow_run(DDP_CONDA, tracking_uri, params, cwd=tmp_path, experiment="two")
+    params = TWO_PROCESSES
+    result = mlflow_run(
+        MNIST_CONDA, tracking_uri, params, extra_args=DISTRIBUTED, cwd=tmp_path, experiment="two"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run = only_run(tracking_uri, "two")
     assert run.info.status == "FINISHED"
@@ -95,7 +99,7 @@ def test_two_processes_make_one_run_that_matches_one_process(
     assert two >= 0.8
     assert two == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-3)
 
-    single = launch(DDP_CONDA, tracking_uri, params | {"nproc_per_node": 1}, tmp_path)
+    single = launch(MNIST_CONDA, tracking_uri, params | {"nproc_per_node": 1}, tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     one = only_run(tracking_uri, "tests")
     assert one.data.params["world_size"] == "1"
@@ -106,10 +110,9 @@ def test_two_processes_make_one_run_that_matches_one_process(
 def test_batch_that_does_not_split_fails_before_any_process(
     tracking_uri: str, tmp_path: Path
 ) -> None:
-    result = mlflow_run(
-        DDP_CONDA, tracking_uri, SHORT | {"batch_size": 127}, cwd=tmp_path, experiment="tests"
-    )
-    reason = one_line_reason(result, "mnist_ddp.launch: error:")
+    params = SHORT | {"batch_size": 127}
+    result = mlflow_run(MNIST_CONDA, tracking_uri, params, extra_args=DISTRIBUTED, cwd=tmp_path)
+    reason = one_line_reason(result, LAUNCHER)
     assert "--batch-size: 127 does not split evenly across 2 processes" in reason
     assert "torchrun" not in result.stderr
     assert only_run(tracking_uri).info.status == "FAILED"
@@ -141,22 +144,22 @@ def test_killing_one_rank_ends_both_and_fails_the_run(
     params = SHORT | {"epochs": 3}
     with ThreadPoolExecutor(1) as pool:
         if direct:
-            running = pool.submit(launch, DDP_CONDA, tracking_uri, params, tmp_path, env)
+            running = pool.submit(launch, MNIST_CONDA, tracking_uri, params, tmp_path, env)
         else:
-            options = {"cwd": tmp_path, "env": env}
-            running = pool.submit(mlflow_run, DDP_CONDA, tracking_uri, params, **options)
+            options = {"cwd": tmp_path, "env": env, "extra_args": DISTRIBUTED}
+            running = pool.submit(mlflow_run, MNIST_CONDA, tracking_uri, params, **options)
         wait_for_metric(tracking_uri, "tests", "train_loss_step", timeout=120)
         pid = rank_process(TOKEN, token, rank)
         assert pid is not None, "no training process of that rank"
         os.kill(pid, signal.SIGKILL)
         result = running.result(timeout=120)
     assert result.returncode != 0
-    reason = one_line_reason(result, "mnist_ddp.launch: error:")
+    reason = one_line_reason(result, LAUNCHER)
     assert f"rank {rank} failed: Signal 9 (SIGKILL) received by PID {pid}" in reason
     assert not processes_with_env(TOKEN, token), "a rank outlived the run"
     run = only_run(tracking_uri)
     assert run.info.status == "FAILED"
-    assert run.data.tags["failure"] == reason.removeprefix("mnist_ddp.launch: error: ")
+    assert run.data.tags["failure"] == reason.removeprefix(f"{LAUNCHER} ")
 
 
 @pytest.mark.slow
@@ -167,13 +170,12 @@ def test_a_rank_that_raises_fails_the_run_with_its_error(tracking_uri: str, tmp_
     `failure` tag."""
     token = uuid.uuid4().hex
     env = failing_rank_env(1, 2, os.environ | {TOKEN: token})
-    result = mlflow_run(DDP_CONDA, tracking_uri, SHORT, cwd=tmp_path, env=env, timeout=300)
+    options = {"cwd": tmp_path, "env": env, "timeout": 300, "extra_args": DISTRIBUTED}
+    result = mlflow_run(MNIST_CONDA, tracking_uri, TWO_PROCESSES, **options)
     assert result.returncode != 0
-    reasons = [
-        line for line in result.stderr.splitlines() if line.startswith("mnist_ddp.launch: error:")
-    ]
+    reasons = [line for line in result.stderr.splitlines() if line.startswith(LAUNCHER)]
     error = "ValueError: fault injected into rank 1 at optimizer step 2"
-    assert reasons == [f"mnist_ddp.launch: error: rank 1 failed: {error}"], result.stderr[-3000:]
+    assert reasons == [f"{LAUNCHER} rank 1 failed: {error}"], result.stderr[-3000:]
     assert not processes_with_env(TOKEN, token), "a rank outlived the run"
     run = only_run(tracking_uri)
     assert run.info.status == "FAILED"
@@ -189,34 +191,36 @@ def test_diverging_loss_stops_every_rank_and_fails_the_run(
     every rank, so all ranks stop there with mnist's NonFiniteLoss, the launcher names it in one
     line, and the run is FAILED with no model."""
     params = SHORT | {"learning_rate": 1e30}
-    result = launch(DDP_CONDA, tracking_uri, params, tmp_path)
-    reason = one_line_reason(result, "mnist_ddp.launch: error:")
+    result = launch(MNIST_CONDA, tracking_uri, params, tmp_path)
+    reason = one_line_reason(result, LAUNCHER)
     assert "NonFiniteLoss: the training loss became nan at epoch 1, step " in reason, reason
     # Each rank that got to print before torchrun stopped the others names the same step.
-    ranks = [line for line in result.stderr.splitlines() if line.startswith("mnist_ddp.train:")]
+    prefix = "mnist.distributed.train:"
+    ranks = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert ranks, result.stderr[-3000:]
     assert all(line.split(": ", 3)[-1] in reason for line in ranks), (ranks, reason)
     run = only_run(tracking_uri)
     assert run.info.status == "FAILED"
-    assert run.data.tags["failure"] == reason.removeprefix("mnist_ddp.launch: error: ")
+    assert run.data.tags["failure"] == reason.removeprefix(f"{LAUNCHER} ")
     client = MlflowClient(tracking_uri)
     assert "model" not in [item.path for item in client.list_artifacts(run.info.run_id)]
 
 
 def test_pods_find_rank_zero_from_their_hostname() -> None:
     """An Indexed Job's pod is <job>-<index>: rank 0 is <job>-0.<service>; JOB_COMPLETION_INDEX
-    is the node rank, and must be below nnodes; MASTER_ADDR, when set, wins; a pod of another
-    kind fails clearly."""
-    job = "mnist-ddp-k8s-2026-11-28-01-02-03-123456"
+    is the node rank, and must be below nnodes, which must be the Job's JOB_COMPLETIONS;
+    MASTER_ADDR, when set, wins; a pod of another kind fails clearly."""
+    job = "mnist-docker-2026-11-28-01-02-03-123456"
     code = f"""
 import json
-from mnist_ddp.launch import master_address, node_rank, rendezvous
+from mnist.distributed.launch import master_address, node_rank, rendezvous
 pod = {{"JOB_COMPLETION_INDEX": "1", "DDP_SERVICE": "mnist-ddp"}}
 errors = []
 for call in (lambda: master_address("laptop", 1, "mnist-ddp"),
              lambda: node_rank(2, {{"JOB_COMPLETION_INDEX": "2"}}),
              lambda: node_rank(1, {{"JOB_COMPLETION_INDEX": "1"}}),
-             lambda: rendezvous(2, 1, {{"NODE_RANK": "1"}}, "{job}-1")):
+             lambda: rendezvous(2, 1, {{"NODE_RANK": "1"}}, "{job}-1"),
+             lambda: node_rank(1, {{"JOB_COMPLETION_INDEX": "0", "JOB_COMPLETIONS": "2"}})):
     try:
         call()
     except ValueError as exc:
@@ -229,7 +233,7 @@ print(json.dumps({{
     "errors": errors,
 }}))
 """
-    result = project_python(DDP_CONDA, code)
+    result = project_python(MNIST_CONDA, code)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert found["pod 1"] == [
@@ -245,11 +249,18 @@ print(json.dumps({{
     assert "rank is '2': expected an integer below nnodes=2" in found["errors"][1]
     assert "rank is '1': expected an integer below nnodes=1" in found["errors"][2]
     assert "set MASTER_ADDR, or DDP_SERVICE" in found["errors"][3]
+    assert (
+        "nnodes=1 but the Job starts 2 pods (JOB_COMPLETIONS): run it with -P nnodes=2"
+        in (found["errors"][4])
+    )
 
 
-def rendered_job(project: Path, storage: Path) -> dict:
-    tag = f"registry.example/{project.name}:abc1234"
-    return render(project, {}, tag, FAKE_DIGEST, "r" * 32, "7", storage)
+def rendered_job(storage: Path, entry_point: str, config: str) -> dict:
+    tag = "registry.example/mnist-docker:abc1234"
+    params = {"nnodes": 2, "nproc_per_node": 1} if entry_point == "distributed" else {}
+    return render(
+        MNIST_DOCKER, params, tag, FAKE_DIGEST, "r" * 32, "7", storage, entry_point, config
+    )
 
 
 def secret_refs(container: dict) -> dict[str, dict]:
@@ -257,26 +268,26 @@ def secret_refs(container: dict) -> dict[str, dict]:
 
 
 def test_rendered_indexed_job_and_service(tmp_path: Path) -> None:
-    """MLflow renders an Indexed Job of nnodes pods under the headless Service; both validate;
-    the Secrets and securityContext are those of mnist-k8s."""
-    job = rendered_job(DDP_K8S, tmp_path)
+    """MLflow renders the distributed entry point as an Indexed Job of JOB_COMPLETIONS pods
+    under the headless Service; both validate; the Secrets, resources and securityContext are
+    those of the single Job."""
+    job = rendered_job(tmp_path, "distributed", "kubernetes_distributed_config.json")
     kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
-    (service,) = yaml.safe_load_all((DDP_K8S / "kubernetes_service.yaml").read_text())
+    service_file = MNIST_DOCKER / "kubernetes_distributed_service.yaml"
+    (service,) = yaml.safe_load_all(service_file.read_text())
     kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     container = container_of(job)
-    nnodes = yaml.safe_load((DDP_K8S / "MLproject").read_text())["entry_points"]["main"][
-        "parameters"
-    ]["nnodes"]["default"]
     assert spec["completionMode"] == "Indexed"
-    assert spec["completions"] == spec["parallelism"] == nnodes == 2
+    pods = int(env_value(container, "JOB_COMPLETIONS"))
+    assert spec["completions"] == spec["parallelism"] == pods == 2
     assert spec["backoffLimit"] == 0
     assert container["command"][:5] == [
         "python",
         "-m",
-        "mnist_ddp.launch",
+        "mnist.distributed.launch",
         "--nproc-per-node=1",
-        f"--nnodes={nnodes}",
+        "--nnodes=2",
     ]
     assert service["spec"]["clusterIP"] == "None"
     assert service["metadata"]["namespace"] == job["metadata"]["namespace"]
@@ -284,44 +295,53 @@ def test_rendered_indexed_job_and_service(tmp_path: Path) -> None:
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"] == 29500
-    mnist = rendered_job(MNIST_K8S, tmp_path)
-    assert secret_refs(container) == secret_refs(container_of(mnist))
-    mnist_pod = mnist["spec"]["template"]["spec"]
-    assert pod.get("securityContext") == mnist_pod.get("securityContext")
-    assert container.get("securityContext") == container_of(mnist).get("securityContext")
-    assert container["resources"] == container_of(mnist)["resources"]
+    single = rendered_job(tmp_path, "main", "kubernetes_config.json")
+    assert secret_refs(container) == secret_refs(container_of(single))
+    single_pod = single["spec"]["template"]["spec"]
+    assert pod.get("securityContext") == single_pod.get("securityContext")
+    assert container.get("securityContext") == container_of(single).get("securityContext")
+    assert container["resources"] == container_of(single)["resources"]
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_job_pods_train_as_one_run(
-    registry: str,
-    tracking_server: TrackingServer,
-    s3: S3,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_make_run_k8s_distributed_pods_train_as_one_run(
+    registry: str, tracking_server: TrackingServer, s3: S3, tmp_path: Path
 ) -> None:
-    """The pushed image by digest as the Job's 2 pods (JOB_COMPLETION_INDEX 0 and 1), against
-    a real tracking server: pod 1 finds rank 0 by name, and one run of world size 2 FINISHES:
-    the run MLflow created for the Job, and no other (pod 1's rank recorded nothing)."""
+    """`make run-k8s ENTRY_POINT=distributed` on the stand-in cluster: the Job's 2 pods run the
+    pushed image by digest (JOB_COMPLETION_INDEX 0 and 1), pod 1 finds rank 0 by name, and one
+    run of world size 2 FINISHES: the run MLflow created for the Job, and no other."""
+    require_docker_image(MNIST_DOCKER)
     started_ms = int(time.time() * 1000)
-    done = run_indexed_job_in_docker(DDP_K8S, SHORT, registry, tracking_server.url, tmp_path)
-    for index, pod in enumerate(done.pods):
-        assert pod.returncode == 0, f"pod {index}: {pod.stderr[-3000:]}"
-    job_name = done.job["metadata"]["name"]
-    assert f"--node-rank=1 --master-addr={job_name}-0.mnist-ddp" in done.pods[1].stderr
-    assert "epoch 1:" in done.pods[0].stdout and "epoch" not in done.pods[1].stdout
+    params = {"nnodes": 2, "nproc_per_node": 1, **SHORT}
+    with job_cluster(tmp_path) as (cluster, kubeconfig):
+        result = make(
+            "run-k8s",
+            "ENTRY_POINT=distributed",
+            f"TRACKING_URI={tracking_server.url}",
+            "RUN_ARGS=" + " ".join(f"-P {k}={v}" for k, v in params.items()),
+            timeout=1200,
+            KUBECONFIG=str(kubeconfig),
+            REGISTRY=registry,
+        )
+        (job,) = cluster.jobs.values()
+        logs = cluster.pod_logs(job)
+    assert result.returncode == 0, result.stderr[-3000:] + "".join(logs)[-3000:]
+    name = job.manifest["metadata"]["name"]
+    assert f"--node-rank=1 --master-addr={name}-0.mnist-ddp" in logs[1]
+    assert "epoch 1:" in logs[0] and "epoch 1:" not in logs[1]
+    run_id = env_value(container_of(job.manifest), "MLFLOW_RUN_ID")
     client = MlflowClient(tracking_server.url)
-    run = client.get_run(done.run_id)
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     since = f"attributes.start_time >= {started_ms}"
     new_runs = client.search_runs([run.info.experiment_id], since, ViewType.ALL)
-    assert [r.info.run_id for r in new_runs] == [done.run_id]
+    assert [r.info.run_id for r in new_runs] == [run_id]
     assert run.data.params["world_size"] == "2"
     assert run.data.params["nnodes"] == "2"
     assert run.data.params["nproc_per_node"] == "1"
     assert {"val_accuracy", "test_accuracy"} <= set(run.data.metrics)
     assert any(key.endswith("MLmodel") for key in s3.object_keys()), "no model in S3"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
-    model = mlflow.pyfunc.load_model(f"runs:/{done.run_id}/model")
-    assert mnist_accuracy(model) >= 0.8
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+        assert mnist_accuracy(mlflow.pyfunc.load_model(f"runs:/{run_id}/model")) >= 0.8

@@ -1,10 +1,13 @@
-"""Kubernetes: projects/mnist-k8s as a Job, and the tracking server's deploy manifests.
+"""Kubernetes: `make run-k8s` of projects/mnist-docker as a Job, and the tracking server's
+deploy manifests.
 
-No Kubernetes cluster can run here (no kind or k3s images or binaries can be fetched), so
-the cluster is the one thing these tests do without; tests/helpers/kubernetes.py says what
-is real instead (MLflow's own rendering, schema validation, a real registry, the pod's
-command run in Docker against a real tracking server). `make run-k8s` itself runs in the
-test marked `k8s`, where a kube context exists.
+No Kubernetes cluster can run here (no kind or k3s images or binaries can be fetched), so the
+cluster is the one thing these tests do without: `make run-k8s` talks to the stand-in of
+tests/helpers/cluster.py (its Job API, and a kubelet that runs the pods in Docker). Everything
+else is real: the store-kubernetes backend, the image built with .dockerignore honoured and
+pushed to a real registry, the Job rendered from the template and checked against the
+Kubernetes schema, the pod pulling the image by digest and recording into a real tracking
+server. `make run-k8s` against a real cluster runs in the test marked `k8s`.
 """
 
 from __future__ import annotations
@@ -12,30 +15,26 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 from pathlib import Path
 
 import kubernetes_validate
-import mlflow.pyfunc
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import S3, TrackingServer, free_port
-from scaffold.layout import KUBERNETES_VERSION, PROJECTS, ROOT
+from mlflow_project_store.layout import KUBERNETES_VERSION, PROJECTS, ROOT
+from mlflow_project_store.ready_for_mlflow.servers import HOST, S3, TrackingServer, free_port
+from tests.helpers.cluster import container_of, job_cluster
 from tests.helpers.commands import make, one_line_reason
-from tests.helpers.components import require_docker
-from tests.helpers.heldout import mnist_accuracy
-from tests.helpers.kubernetes import (
-    container_of,
-    kube_config,
-    least_privilege_problems,
-    render,
-    run_job_in_docker,
-)
+from tests.helpers.components import require_docker, require_docker_image
+from tests.helpers.credentials import fake_credentials, leaked, with_password
+from tests.helpers.heldout import load_model, mnist_accuracy
+from tests.helpers.kubernetes import kube_config, least_privilege_problems, render
 
-K8S = PROJECTS / "mnist-k8s"
-SMOKE = yaml.safe_load((K8S / "smoke.yaml").read_text())["parameters"]
+MNIST_DOCKER = PROJECTS / "mnist-docker"
+SMOKE = yaml.safe_load((MNIST_DOCKER / "smoke.yaml").read_text())["parameters"]
 FAKE_DIGEST = "sha256:" + "ab" * 32
 SECRET_REFS = {
     "AWS_ACCESS_KEY_ID": "mlflow-s3-credentials",
@@ -45,19 +44,20 @@ SECRET_REFS = {
 }
 DEPLOY = ROOT / "ready_for_mlflow" / "deploy"
 JOB_TEMPLATES = [
-    *sorted(PROJECTS.glob("*/kubernetes_job_template.yaml")),
+    *sorted(PROJECTS.glob("*/kubernetes*_job_template.yaml")),
     ROOT / "example" / "project" / "k8s" / "kubernetes_job_template.yaml",
 ]
 
 
 def render_smoke_job(storage: Path, experiment_id: str = "7") -> dict:
-    tag = "registry.example/mnist-k8s:abc1234"
-    return render(K8S, SMOKE, tag, FAKE_DIGEST, "r" * 32, experiment_id, storage)
+    tag = "registry.example/mnist-docker:abc1234"
+    return render(MNIST_DOCKER, SMOKE, tag, FAKE_DIGEST, "r" * 32, experiment_id, storage)
 
 
-def test_config_names_context_registry_and_template() -> None:
-    config = kube_config(K8S)
-    assert config["kube-context"] and config["repository-uri"].endswith("/mnist-k8s")
+def test_config_names_context_registry_and_a_template_beside_it() -> None:
+    config = kube_config(MNIST_DOCKER)
+    assert config["kube-context"] and config["repository-uri"].endswith("/mnist-docker")
+    assert config["kube-job-template-path"] == "kubernetes_job_template.yaml"
     assert config["kube-job-template"]["kind"] == "Job"
 
 
@@ -66,11 +66,11 @@ def test_job_rendered_by_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KUBE_MLFLOW_TRACKING_URI", "http://mlflow-tracking.mlflow.svc")
     job = render_smoke_job(tmp_path)
     container = container_of(job)
-    assert job["metadata"]["name"].startswith("mnist-k8s-")
+    assert job["metadata"]["name"].startswith("mnist-docker-")
     assert job["metadata"]["namespace"] == "mlflow"
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] > 0
-    assert container["name"] == "mnist-k8s"
-    assert container["image"] == f"registry.example/mnist-k8s:abc1234@{FAKE_DIGEST}"
+    assert container["name"] == "mnist-docker"
+    assert container["image"] == f"registry.example/mnist-docker:abc1234@{FAKE_DIGEST}"
     assert container["command"][:4] == ["python", "-m", "mnist.train", "--epochs=1"]
     assert "{replaced" not in json.dumps(job)
     env = {item["name"]: item for item in container["env"]}
@@ -93,56 +93,90 @@ def test_rendered_job_matches_kubernetes_schema(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_pushed_image_does_the_pods_work(
-    registry: str,
-    tracking_server: TrackingServer,
-    s3: S3,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_make_run_k8s_runs_the_job(
+    registry: str, tracking_server: TrackingServer, s3: S3, tmp_path: Path
 ) -> None:
-    run_id = run_job_in_docker(K8S, SMOKE, registry, tracking_server.url, tmp_path)
-    finished = MlflowClient(tracking_server.url).get_run(run_id)
-    assert finished.info.status == "FINISHED"
-    assert finished.data.params["epochs"] == str(SMOKE["epochs"])
-    assert {"val_accuracy", "test_accuracy"} <= set(finished.data.metrics)
+    """`make run-k8s` end to end on the stand-in cluster, with fake keys in the environment and
+    a password in the tracking URI: it names the context and namespace first, the Job it
+    submits validates and pulls the pushed image by digest, the pod's run FINISHED with its
+    params and metrics and a model in S3 that predicts; no key value is in what it printed."""
+    require_docker_image(MNIST_DOCKER)
+    keys = fake_credentials() | {"uri password": f"fake-uri-password-{secrets.token_hex(8)}"}
+    env = {k: v for k, v in keys.items() if k != "uri password"}
+    tracking = with_password(tracking_server.url, keys["uri password"])
+    with job_cluster(tmp_path) as (cluster, kubeconfig):
+        result = make(
+            "run-k8s",
+            f"TRACKING_URI={tracking}",
+            f"KUBE_TRACKING_URI={tracking_server.url}",
+            "RUN_ARGS=" + " ".join(f"-P {k}={v}" for k, v in SMOKE.items()),
+            timeout=1200,
+            KUBECONFIG=str(kubeconfig),
+            KUBE_CONTEXT="",  # the kubeconfig's current context
+            REGISTRY=registry,
+            **env,
+        )
+        (job,) = cluster.jobs.values()
+        logs = cluster.pod_logs(job)
+    assert result.returncode == 0, result.stderr[-3000:] + "".join(logs)[-2000:]
+    assert "Kubernetes: context lab, namespace mlflow" in result.stdout
+    assert leaked(keys, result.stdout, result.stderr) == []
+    kubernetes_validate.validate(job.manifest, KUBERNETES_VERSION, strict=True)
+    image = container_of(job.manifest)["image"]
+    assert image.startswith(f"{registry}/mnist-docker") and "@sha256:" in image
+    run_id = next(
+        item["value"]
+        for item in container_of(job.manifest)["env"]
+        if item["name"] == "MLFLOW_RUN_ID"
+    )
+    client = MlflowClient(tracking_server.url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.backend"] == "store-kubernetes"
+    assert run.data.params["epochs"] == str(SMOKE["epochs"])
+    assert {"val_accuracy", "test_accuracy"} <= set(run.data.metrics)
     assert any(key.endswith("MLmodel") for key in s3.object_keys()), "no model in S3"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    assert mnist_accuracy(model) >= 0.8
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+        assert mnist_accuracy(load_model(f"runs:/{run_id}/model")) >= 0.8
 
 
 @pytest.mark.docker
 def test_run_k8s_without_kube_context_fails_fast(tmp_path: Path) -> None:
     require_docker()
-    result = make("run-k8s", KUBECONFIG=str(tmp_path / "none"), KUBE_CONTEXT="")
-    assert "no kube context" in one_line_reason(result, "make run-k8s:")
+    result = make(
+        "run-k8s", "TRACKING_URI=http://127.0.0.1:5000", KUBECONFIG=str(tmp_path / "none")
+    )
+    assert "no kube context ''" in one_line_reason(result, "make run-k8s: error:")
 
 
 @pytest.mark.docker
 def test_run_k8s_without_registry_fails_fast(tmp_path: Path) -> None:
     require_docker()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "current-context": "lab",
-                "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443"}}],
-                "users": [{"name": "lab", "user": {}}],
-                "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}],
-            }
+    with job_cluster(tmp_path) as (_, kubeconfig):
+        port = free_port()
+        result = make(
+            "run-k8s",
+            "TRACKING_URI=http://127.0.0.1:5000",
+            KUBECONFIG=str(kubeconfig),
+            REGISTRY=f"127.0.0.1:{port}",
         )
-    )
-    port = free_port()
-    result = make(
-        "run-k8s",
-        "TRACKING_URI=http://127.0.0.1:5000",
-        KUBECONFIG=str(kubeconfig),
-        KUBE_CONTEXT="lab",
-        REGISTRY=f"127.0.0.1:{port}",
-    )
-    assert f"registry 127.0.0.1:{port} does not answer" in one_line_reason(result, "make run-k8s:")
+    reason = one_line_reason(result, "make run-k8s: error:")
+    assert f"registry 127.0.0.1:{port} does not answer" in reason
+
+
+@pytest.mark.docker
+def test_make_run_k8s_masks_the_password_of_a_database_store(tmp_path: Path) -> None:
+    """A PostgreSQL store is refused (the pod needs a server) in one line naming it, with its
+    password masked."""
+    require_docker()
+    password = f"fake-db-password-{secrets.token_hex(8)}"
+    database = f"postgresql://mlflow:{password}@{HOST}:5432/mlflow"
+    with job_cluster(tmp_path) as (_, kubeconfig):
+        result = make("run-k8s", f"TRACKING_URI={database}", KUBECONFIG=str(kubeconfig))
+    reason = one_line_reason(result, "make run-k8s: error:")
+    assert f"not postgresql://mlflow:***@{HOST}:5432/mlflow" in reason, reason
+    assert leaked({"database password": password}, result.stdout, result.stderr) == []
 
 
 @pytest.mark.k8s

@@ -21,8 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.tracking_load import measure
 from data_loader import load_mnist
+from mlflow_project_store.ready_for_mlflow.servers import S3, TrackingServer
 from mnist.tracking import log_datasets
-from ready_for_mlflow.servers import S3, TrackingServer
 from tests.helpers.load import (
     EXPERIMENT,
     expected_points,

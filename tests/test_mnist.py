@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from data_loader import load_mnist
+from mlflow_project_store.layout import PROJECTS
 from mnist import train
-from scaffold.layout import PROJECTS
 from tests.helpers.commands import assert_one_line_error, mlflow_run, only_run
 from tests.helpers.projects import assert_smoke_run, smoke_config
 

@@ -16,8 +16,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LinearRegression
 
 from data_loader import BUNDLED_SAMPLE, load_diabetes_split, load_mnist
-from predict.safety import load_model as load_checked
-from ready_for_mlflow.servers import (
+from mlflow_project_store.layout import ROOT
+from mlflow_project_store.predict.safety import load_model as load_checked
+from mlflow_project_store.ready_for_mlflow.servers import (
     HOST,
     TrackingServer,
     client_env,
@@ -27,7 +28,6 @@ from ready_for_mlflow.servers import (
     stop,
     wait_http,
 )
-from scaffold.layout import ROOT
 from tests.helpers.artifacts import DigitFiles, TrainedModel
 from tests.helpers.commands import make_command, one_line_reason
 from tests.helpers.hostile import (
@@ -39,8 +39,8 @@ from tests.helpers.hostile import (
 from tests.helpers.local_models import diabetes_model as skops_model
 from tests.helpers.local_models import digit_model, pickled_model
 
-PREDICT = "predict"
-REST_CLIENT = "predict.rest_client"
+PREDICT = "mlflow_project_store.predict"
+REST_CLIENT = "mlflow_project_store.predict.rest_client"
 SAMPLES = ROOT / "example" / "predict" / "samples"
 # The predict CLI's address space: torch and MLflow map about 4 GB; a runaway is stopped.
 ADDRESS_SPACE = 6 << 30

@@ -1,8 +1,13 @@
-"""Every project under projects/: its smoke run (`mlflow run` with its own tiny configuration),
-and every parameter of its main entry point refusing bad values in one line.
+"""Every project under projects/: taken out of the repository and run there, and every
+parameter of every entry point refusing bad values in one line.
 
-Projects are discovered, not listed: a new folder with an MLproject and a smoke.yaml is
-tested without editing this file (a new parameter name needs its bad values in REFUSED).
+A project is exported (`make export`) and run from another folder by a launcher that holds only
+mlflow and uv, in the environment the project declares: its conda.yaml through
+`--env-manager uv`, its Dockerfile's image through MLflow's own `--build-image`. It is also run
+straight from the store's git URL with a subdirectory and a commit, as a team that does not
+clone the store runs it. Projects are discovered, not listed: a new folder with an MLproject
+and a smoke.yaml is tested without editing this file (a new parameter name needs its bad values
+in REFUSED).
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.projects._project_spec import EntryPoint, load_project
 
+from mlflow_project_store.layout import PROJECTS
 from project_tools.cli import MAX_MODEL_NAME, model_name
-from scaffold.layout import PROJECTS, ROOT
+from tests.helpers.commands import only_run
+from tests.helpers.outside import GitStore
 from tests.helpers.projects import (
     assert_smoke_run,
+    build_dependency_image,
+    export,
     project_dirs,
+    run_alone,
     smoke_config,
     smoke_params,
-    smoke_run,
 )
 
 
@@ -34,23 +43,77 @@ def test_projects_are_found() -> None:
     assert PROJECTS / "mnist-conda" in project_dirs()
 
 
+def reaches_outside(folder: Path) -> list[str]:
+    """What in an exported ``folder`` would need the repository: a link, a Kubernetes config
+    whose Job template is not in the folder, an MLproject default naming a path outside it."""
+    found = [f"link {p}" for p in folder.rglob("*") if p.is_symlink()]
+    for config in folder.glob("kubernetes*_config.json"):
+        template = folder / json.loads(config.read_text())["kube-job-template-path"]
+        if not template.is_file() or template.parent != folder:
+            found.append(f"{config.name}: {template}")
+    for entry in load_project(str(folder))._entry_points.values():
+        for name, param in entry.parameters.items():
+            default = str(param.default)
+            if default.startswith(("../", "/")) and (folder / default).exists():
+                found.append(f"MLproject: {name} defaults to {default}")
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("project", smoke_params())
-def test_smoke_run(project: Path, tracking_uri: str, tmp_path: Path) -> None:
-    """`mlflow run` the project as its smoke.yaml says (Docker projects: --build-image)."""
-    result = smoke_run(project, tracking_uri, tmp_path)
+def test_exported_copy_runs_alone(
+    project: Path, launcher: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """`make export`, then `mlflow run` of the copy from another folder, with only what the
+    project declares: the run FINISHED with its params and metrics, its model predicts."""
+    copy = export(project, tmp_path / "exported" / project.name)
+    assert reaches_outside(copy) == []
+    config = smoke_config(copy)
+    run_args = config.get("run_args", [])
+    if "--build-image" in run_args:
+        build_dependency_image(copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_alone(copy, launcher, tracking_uri, elsewhere, config["parameters"], run_args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_smoke_run(project, tracking_uri)
+    assert_smoke_run(copy, tracking_uri)
 
 
-def test_a_project_left_out_names_the_test_that_runs_it() -> None:
-    """``covered_by`` in smoke.yaml must name a test function that exists."""
-    covered = {p: smoke_config(p).get("covered_by") for p in project_dirs()}
-    named = {project: node for project, node in covered.items() if node}
-    assert named, "no project is left to another test"
-    for project, node in named.items():
-        path, function = node.split("::")
-        assert f"\ndef {function}(" in (ROOT / path).read_text(), (project.name, node)
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("project", "env_manager"),
+    [
+        ("mnist-conda", "local"),
+        pytest.param("elasticnet-docker", None, marks=pytest.mark.docker),
+    ],
+)
+def test_runs_from_the_store_git_url(
+    project: str,
+    env_manager: str | None,
+    git_store: GitStore,
+    launcher: Path,
+    tracking_uri: str,
+    tmp_path: Path,
+) -> None:
+    """`mlflow run git://.../store.git#projects/<name> --version <commit>`: MLflow clones the
+    store at that commit and runs the subdirectory, its links inside the clone. Locally in the
+    launcher's environment (mnist-conda's dependencies, through the repository's venv: the
+    launcher holds mlflow only, so `local` uses this test's Python), and in Docker."""
+    config = smoke_config(PROJECTS / project)
+    run_args = ["--version", git_store.commit, *config.get("run_args", [])]
+    if "--build-image" in run_args:
+        build_dependency_image(PROJECTS / project)
+    uri = f"{git_store.url}#projects/{project}"
+    bin_dir = launcher if env_manager is None else Path(sys.executable).parent
+    result = run_alone(
+        uri, bin_dir, tracking_uri, tmp_path, config["parameters"], run_args, env_manager
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run(tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.git.commit"] == git_store.commit
+    assert run.data.tags["mlflow.source.name"] == uri
+    assert set(config["metrics"]) <= set(run.data.metrics)
 
 
 NOT_AN_INTEGER_ABOVE_0 = ["0", "-1", "2.5", "abc", "inf"]
@@ -99,14 +162,14 @@ REFUSED = {
 VALID = {"alpha": "1"}  # a value for each parameter without a default
 
 # How each entry point (the module its MLproject's command runs) checks its arguments, as
-# `check(argv)`. mnist_ddp.launch checks its own, then the training's, as its main does before
-# it starts torchrun.
+# `check(argv)`. mnist.distributed.launch checks its own, then the training's, as its main does
+# before it starts torchrun.
 CHECKS = {
     "mnist.train": "from mnist.train import parse_args as check",
     "elasticnet.train": "from elasticnet.train import parse_args as check",
     "mnist_sweep.sweep": "from mnist_sweep.sweep import parse_args as check",
-    "mnist_ddp.launch": (
-        "from mnist_ddp import launch\n"
+    "mnist.distributed.launch": (
+        "from mnist.distributed import launch\n"
         "def check(argv):\n"
         "    _, training = launch.parse_args(argv)\n"
         "    launch.train.parse_args(training, prog=launch.PROG)\n"
@@ -152,10 +215,19 @@ def checked_in(project: Path, check: str, argvs: list[list[str]]) -> list[tuple[
     return [tuple(item) for item in json.loads(result.stdout)]
 
 
-@pytest.mark.parametrize("project", project_dirs(), ids=lambda project: project.name)
-def test_every_parameter_refuses_its_bad_values_in_one_line(project: Path) -> None:
+ENTRY_POINTS = [
+    pytest.param(project, entry, id=f"{project.name}-{entry}")
+    for project in project_dirs()
+    for entry in load_project(str(project))._entry_points
+]
+
+
+@pytest.mark.parametrize(("project", "entry_point"), ENTRY_POINTS)
+def test_every_parameter_refuses_its_bad_values_in_one_line(
+    project: Path, entry_point: str
+) -> None:
     """Each bad value stops the entry point before any work: exit 2, one line naming it."""
-    entry = load_project(str(project)).get_entry_point("main")
+    entry = load_project(str(project)).get_entry_point(entry_point)
     missing = set(entry.parameters) - set(REFUSED)
     assert not missing, f"no bad values listed for {missing}"
     module = shlex.split(entry.command)[2]

@@ -20,14 +20,14 @@ from sklearn.linear_model import ElasticNet
 from sklearn.metrics import root_mean_squared_error
 
 from data_loader import load_diabetes_split
+from mlflow_project_store.layout import PROJECTS
+from mlflow_project_store.ready_for_mlflow.evaluation import EVALUATION_RUN_TAG
+from mlflow_project_store.ready_for_mlflow.promote import Refused
+from mlflow_project_store.ready_for_mlflow.promote import promote as promote_version
+from mlflow_project_store.ready_for_mlflow.servers import TrackingServer, client_env
 from project_tools.registry import register_candidate
-from ready_for_mlflow.evaluation import EVALUATION_RUN_TAG
-from ready_for_mlflow.promote import Refused
-from ready_for_mlflow.promote import promote as promote_version
-from ready_for_mlflow.servers import TrackingServer, client_env
-from scaffold.layout import PROJECTS
 from tests.helpers.artifacts import TrainedModel
-from tests.helpers.commands import make, mlflow_run
+from tests.helpers.commands import in_project, make, mlflow_run
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def add_version(name: str, metrics: dict[str, float], ranking: str, higher: bool
 
 def promote(server: TrackingServer, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ready_for_mlflow.promote", *args],
+        [sys.executable, "-m", "mlflow_project_store.ready_for_mlflow.promote", *args],
         env=client_env(server.url),
         capture_output=True,
         text=True,
@@ -104,6 +104,7 @@ def test_registry_helper_does_not_import_torch(tracking_uri: str, tmp_path: Path
     """Projects without torch (elasticnet's image) register through the same helper."""
     result = subprocess.run(
         [sys.executable, "-c", TORCH_FREE],
+        env=in_project(PROJECTS / "elasticnet-docker", dict(os.environ)),
         cwd=tmp_path,  # a local store's artifacts go under ./mlruns
         capture_output=True,
         text=True,

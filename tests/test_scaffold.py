@@ -2,8 +2,11 @@
 
 The tests work in one copy of the repository (the files git lists, links kept as links), so
 nothing is written under the real projects/. `make new-project` generates two families in it:
-gen-torch (pytorch; conda, docker and k8s) and gen-sk (sklearn; conda). Each test then runs one
-variant the way a user would, and no generated file is edited first.
+gen-torch (pytorch; conda, and docker with the Kubernetes files) and gen-sk (sklearn; conda).
+Each test then runs one folder the way a user would, in the environment it declares, and no
+generated file is edited first. (The generated Kubernetes files are rendered and checked
+against the Kubernetes schema by `make validate`; the Job path itself is tested end to end with
+mnist-docker's, which the same templates made.)
 """
 
 from __future__ import annotations
@@ -14,19 +17,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import mlflow.pyfunc
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-import tests.helpers.kubernetes as kubernetes_helper
-from ready_for_mlflow.servers import TrackingServer
-from scaffold import new_project
-from scaffold.layout import ROOT, SHARED_PACKAGES, TEMPLATE_NAMES, TEMPLATES, image_name
+from mlflow_project_store import new_project
+from mlflow_project_store.layout import ROOT, SHARED_PACKAGES, TEMPLATE_NAMES, TEMPLATES, image_name
 from tests.helpers.commands import VENV_BIN, make, one_line_reason
 from tests.helpers.components import require_docker, require_docker_image
-from tests.helpers.heldout import HELDOUT
-from tests.helpers.projects import assert_smoke_run, smoke_config, smoke_run
+from tests.helpers.projects import assert_smoke_run, run_alone, smoke_config
 
 GIT_FILES = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
 NOT_COPIED = (".venv", "mlruns")
@@ -138,12 +136,17 @@ def test_a_failed_write_keeps_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert list(projects.iterdir()) == []
 
 
-def test_k8s_without_docker_holds_the_code_and_the_dockerfile(tmp_path: Path) -> None:
+def test_k8s_alone_is_the_docker_folder_with_the_kubernetes_files(tmp_path: Path) -> None:
     projects = empty_repository(tmp_path)
     assert new_project.main(["solo", "--variants", "k8s", "--projects-dir", str(projects)]) == 0
-    assert sorted(p.name for p in projects.iterdir()) == ["solo-k8s"]
-    folder = projects / "solo-k8s"
+    assert sorted(p.name for p in projects.iterdir()) == ["solo-docker"]
+    folder = projects / "solo-docker"
     assert (folder / "solo" / "train.py").is_file() and (folder / "Dockerfile").is_file()
+    assert (folder / "kubernetes_config.json").is_file()
+    assert (folder / "kubernetes_job_template.yaml").is_file()
+    assert (folder / ".dockerignore").is_file()
+    config = json.loads((folder / "kubernetes_config.json").read_text())
+    assert config["kube-job-template-path"] == "kubernetes_job_template.yaml"
     assert (
         "Built by `make docker-images` from this folder's Dockerfile"
         in (folder / "MLproject").read_text()
@@ -172,13 +175,13 @@ def test_template_dockerfile_reuses_the_shipped_layers(template: str) -> None:
 def test_generated_layout(repo: Path) -> None:
     projects = repo / "projects"
     made = sorted(p.name for p in projects.glob("gen-*"))
-    assert made == ["gen-sk-conda", "gen-torch-conda", "gen-torch-docker", "gen-torch-k8s"]
+    assert made == ["gen-sk-conda", "gen-torch-conda", "gen-torch-docker"]
     assert (projects / "gen-torch-conda" / "gen_torch" / "train.py").is_file()
-    for variant in ("docker", "k8s"):
-        link = projects / f"gen-torch-{variant}" / "gen_torch"
-        assert os.readlink(link) == "../gen-torch-conda/gen_torch"
-    assert (projects / "gen-torch-docker" / "Dockerfile").is_file()
-    assert not (projects / "gen-torch-k8s" / "Dockerfile").exists()  # docker's builds the image
+    docker = projects / "gen-torch-docker"
+    assert os.readlink(docker / "gen_torch") == "../gen-torch-conda/gen_torch"
+    for name in ("Dockerfile", ".dockerignore", "kubernetes_config.json"):
+        assert (docker / name).is_file(), name
+    assert not (projects / "gen-sk-conda" / "kubernetes_config.json").exists()
     for folder in projects.glob("gen-*"):
         for shared in SHARED_PACKAGES:
             assert os.readlink(folder / shared) == f"../../example/{shared}"
@@ -188,35 +191,30 @@ def test_generated_layout(repo: Path) -> None:
         for path in folder.iterdir():
             if path.is_file():
                 assert "{{" not in path.read_text(), f"{path.name}: a field is left unfilled"
-    image = yaml.safe_load((projects / "gen-torch-k8s" / "MLproject").read_text())["docker_env"]
+    image = yaml.safe_load((docker / "MLproject").read_text())["docker_env"]
     assert image["image"] == image_name("gen-torch")
 
 
 def test_make_validate_accepts_the_generated_projects(repo: Path) -> None:
     result = make_in(repo, "validate")
     assert result.returncode == 0, result.stderr[-3000:]
-    for folder in ("gen-torch-conda", "gen-torch-docker", "gen-torch-k8s", "gen-sk-conda"):
+    for folder in ("gen-torch-conda", "gen-torch-docker", "gen-sk-conda"):
         assert any(
             line.split()[:1] == [folder] and " ok " in line for line in result.stdout.splitlines()
         ), result.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("project_name", "env_manager"),
-    [
-        ("gen-torch-conda", "local"),
-        # MLflow turns conda.yaml (python + pip list) into a uv venv: its list is complete.
-        pytest.param("gen-torch-conda", "uv", marks=pytest.mark.uv),
-        ("gen-sk-conda", "local"),
-        pytest.param("gen-sk-conda", "uv", marks=pytest.mark.uv),
-    ],
-)
-def test_generated_conda_variant_runs(
-    project_name: str, env_manager: str, repo: Path, tracking_uri: str, tmp_path: Path
+@pytest.mark.uv
+@pytest.mark.parametrize("project_name", ["gen-torch-conda", "gen-sk-conda"])
+def test_generated_conda_folder_runs_in_its_own_environment(
+    project_name: str, repo: Path, launcher: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
+    """`mlflow run --env-manager uv` by a launcher holding only mlflow: MLflow turns conda.yaml
+    (python + pip list) into a uv venv, so the list must be complete."""
     project = repo / "projects" / project_name
-    result = smoke_run(project, tracking_uri, tmp_path, env_manager=env_manager)
+    config = smoke_config(project)
+    result = run_alone(project, launcher, tracking_uri, tmp_path, config["parameters"], [])
     assert result.returncode == 0, result.stderr[-3000:]
     assert_smoke_run(project, tracking_uri)
 
@@ -233,31 +231,13 @@ def test_generated_image_comes_from_the_layer_cache(docker_images: Path) -> None
 
 
 @pytest.mark.docker
-def test_pytorch_docker(docker_images: Path, tracking_uri: str, tmp_path: Path) -> None:
+def test_pytorch_docker(
+    docker_images: Path, launcher: Path, tracking_uri: str, tmp_path: Path
+) -> None:
     project = docker_images / "gen-torch-docker"
-    result = smoke_run(project, tracking_uri, tmp_path)
+    config = smoke_config(project)
+    result = run_alone(
+        project, launcher, tracking_uri, tmp_path, config["parameters"], config["run_args"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_smoke_run(project, tracking_uri)
-
-
-@pytest.mark.docker
-def test_pytorch_k8s_job(
-    docker_images: Path,
-    tracking_server: TrackingServer,
-    registry: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The Job MLflow renders from the generated files, run from the pushed image by digest."""
-    project = docker_images / "gen-torch-k8s"
-    config = smoke_config(project)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
-    run_id = kubernetes_helper.run_job_in_docker(
-        project, config["parameters"], registry, tracking_server.url, tmp_path
-    )
-    run = MlflowClient(tracking_server.url).get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["epochs"] == str(config["parameters"]["epochs"])
-    assert set(config["metrics"]) <= set(run.data.metrics)
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    assert HELDOUT[config["heldout"]](model) >= config["min_score"]

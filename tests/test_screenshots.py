@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ready_for_mlflow import screenshots
+from mlflow_project_store.ready_for_mlflow import screenshots
 from tests.helpers.components import require_chromium
 
 VIEWS = {

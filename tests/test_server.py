@@ -16,7 +16,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import (
+from mlflow_project_store.layout import ROOT
+from mlflow_project_store.ready_for_mlflow.servers import (
     HOST,
     NO_JOB_RUNNERS,
     S3,
@@ -27,7 +28,6 @@ from ready_for_mlflow.servers import (
     postgres_binaries,
     running,
 )
-from scaffold.layout import ROOT
 from tests.helpers.commands import make, run_project
 from tests.helpers.components import require
 from tests.helpers.heldout import mnist_accuracy

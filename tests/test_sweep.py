@@ -20,11 +20,12 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from mlflow_project_store.layout import KUBERNETES_VERSION, PROJECTS
 from mnist_sweep import sweep
-from scaffold.layout import KUBERNETES_VERSION, PROJECTS
+from tests.helpers.cluster import container_of
 from tests.helpers.commands import assert_one_line_error
 from tests.helpers.components import require_docker_image
-from tests.helpers.kubernetes import container_of, kube_config, render
+from tests.helpers.kubernetes import kube_config, render
 from tests.helpers.sweeps import (
     FAKE_DIGEST,
     PARENT_TAG,
@@ -34,10 +35,10 @@ from tests.helpers.sweeps import (
     interrupted_sweep,
     pid_alive,
     run_sweep,
+    stand_in_project,
     stand_in_score,
     sweep_here,
     sweep_runs,
-    write_stand_in_project,
 )
 
 # One-epoch trials of projects/mnist-conda, seconds each.
@@ -112,7 +113,7 @@ def test_sweep_of_tiny_mnist_trials(tracking_uri: str, tmp_path: Path) -> None:
 
 def stand_in(tmp_path: Path, behaviour: str, trials: int, parallel: int) -> dict[str, object]:
     """Sweep params over the stand-in project, every trial told ``behaviour``."""
-    project = write_stand_in_project(tmp_path / "stand-in")
+    project = stand_in_project(tmp_path)
     return {
         "project": project,
         "trials": trials,
@@ -158,16 +159,16 @@ def test_the_sweep_fails_only_when_every_trial_failed(
 @pytest.mark.slow
 def test_ctrl_c_kills_the_trials(tracking_uri: str, tmp_path: Path) -> None:
     params = stand_in(tmp_path, "wait", 4, 2)
-    with interrupted_sweep(tracking_uri, "sweep", params, tmp_path / "stand-in") as process:
+    with interrupted_sweep(tracking_uri, "sweep", params, params["project"]) as process:
         output = process.stdout.read()
     assert process.returncode != 0
     assert "the running trials were stopped and marked KILLED" in output, output[-3000:]
     runs = sweep_runs(tracking_uri, "sweep")
-    # The sweep ends its run KILLED; `mlflow run`, interrupted too, keeps that status
-    # (project_tools.lifecycle.guard_mlflow_run fixes MLflow's check of an ended run).
+    # The sweep ends its run KILLED and then its `mlflow run` (Stopper.end_launcher), before
+    # MLflow's own status check would overwrite KILLED with FAILED (docs/upstream.md).
     assert runs.parent.info.status == "KILLED", output[-3000:]
     assert [child.info.status for child in runs.children] == ["KILLED", "KILLED"]
-    pids = [int(path.name) for path in (tmp_path / "stand-in" / "pids").iterdir()]
+    pids = [int(path.name) for path in (params["project"] / "pids").iterdir()]
     assert not [pid for pid in pids if pid_alive(pid)], "a trial process outlived Ctrl-C"
 
 
@@ -200,14 +201,14 @@ def test_bad_values_are_one_line(
     assert_one_line_error(sweep.parse_args, argv, message, lambda: capsys.readouterr().err)
 
 
-K8S = PROJECTS / "mnist-k8s"
+K8S = PROJECTS / "mnist-docker"
 
 
 def test_kubernetes_trials_are_the_jobs_mlflow_renders(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """backend kubernetes with build_image: one image built and pushed before the trials, then
-    each trial a Job rendered by MLflow from mnist-k8s's template, exactly as
+    each trial a Job rendered by MLflow from mnist-docker's template, exactly as
     tests/helpers/kubernetes.render renders it, running that image."""
     monkeypatch.setenv("KUBE_MLFLOW_TRACKING_URI", "http://mlflow-tracking.mlflow.svc")
     params = {
@@ -265,7 +266,7 @@ def test_uv_environment_is_built_once_before_the_trials(
     looks for it, before any trial; each trial's `mlflow run` then finds it there."""
     envs = tmp_path / "envs"
     monkeypatch.setenv("MLFLOW_ENV_ROOT", str(envs))
-    project = write_stand_in_project(tmp_path / "stand-in-uv", conda=True)
+    project = stand_in_project(tmp_path, "uv")
     params = {"project": project, "env_manager": "uv", "trials": 2, "max_parallel": 2}
     assert sweep_here(params, tmp_path, monkeypatch) == 0
     assert capsys.readouterr().out.count("Building the uv environment of") == 1
@@ -288,8 +289,8 @@ def test_docker_trials_share_one_image_built_before_them(
     """build_image: the image (the project on its docker_env image) is built once, for the
     sweep's run, and every trial runs in it. The stand-in project runs on the scikit-learn
     dependency image, which has mlflow."""
-    base = require_docker_image(PROJECTS / "elasticnet-docker")
-    project = write_stand_in_project(tmp_path / "stand-in-docker", image=base)
+    require_docker_image(PROJECTS / "elasticnet-docker")
+    project = stand_in_project(tmp_path, "docker")
     mlruns = tmp_path / "mlruns"  # MLflow's Docker backend mounts only the run's own folder
     params = {
         "project": project,

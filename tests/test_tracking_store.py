@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from scaffold.layout import ROOT
+from mlflow_project_store.layout import ROOT
 from tests.helpers.commands import make
 
 LOCAL = f"sqlite:///{ROOT / 'mlflow.db'}"

@@ -1,6 +1,6 @@
 """`make validate`: the shipped projects pass, and each kind of broken file is named.
 
-The broken cases run scaffold.validate's ``main`` in this process (the command line itself is
+The broken cases run mlflow_project_store.validate's ``main`` in this process (the command line itself is
 `make validate`, above) on a copy of ``projects/`` and ``example/`` (links kept as links, so
 they resolve inside the copy), one file broken per case.
 """
@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import pytest
 
-from scaffold import validate as validate_module
-from scaffold.layout import PROJECTS, ROOT
+from mlflow_project_store import validate as validate_module
+from mlflow_project_store.layout import PROJECTS, ROOT
 from tests.helpers.commands import assert_one_line_error, make
 
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "mlruns", "mlflow.db")
@@ -152,48 +152,76 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "template-without-placeholder": (
         lambda p: replace(
-            p / "mnist-k8s/kubernetes_job_template.yaml",
+            p / "mnist-docker/kubernetes_job_template.yaml",
             '["{replaced with MLflow Project entry point command}"]',
             '["python"]',
         ),
-        "validate: mnist-k8s/kubernetes_job_template.yaml: lacks MLflow's placeholder "
+        "validate: mnist-docker/kubernetes_job_template.yaml: lacks MLflow's placeholder "
         '"{replaced with MLflow Project entry point command}": expected it where MLflow fills it',
     ),
     "template-fails-schema": (
         lambda p: replace(
-            p / "mnist-k8s/kubernetes_job_template.yaml", "backoffLimit: 0", 'backoffLimit: "none"'
+            p / "mnist-docker/kubernetes_job_template.yaml",
+            "backoffLimit: 0",
+            'backoffLimit: "none"',
         ),
-        "validate: mnist-k8s/kubernetes_job_template.yaml: the Job that MLflow renders fails "
+        "validate: mnist-docker/kubernetes_job_template.yaml: the Job that MLflow renders fails "
         "Kubernetes 1.33 validation at spec.backoffLimit: 'none' is not of type",
     ),
     "k8s-config-not-json": (
         lambda p: replace(
-            p / "mnist-k8s/kubernetes_config.json", '"mlflow-store",', '"mlflow-store"'
+            p / "mnist-docker/kubernetes_config.json", '"mlflow-store",', '"mlflow-store"'
         ),
-        "validate: mnist-k8s/kubernetes_config.json: does not parse as JSON: ",
+        "validate: mnist-docker/kubernetes_config.json: does not parse as JSON: ",
     ),
     "k8s-config-without-repository": (
         lambda p: replace(
-            p / "mnist-k8s/kubernetes_config.json", '"repository-uri"', '"repository"'
+            p / "mnist-docker/kubernetes_config.json", '"repository-uri"', '"repository"'
         ),
-        "validate: mnist-k8s/kubernetes_config.json: lacks 'repository-uri': expected the image "
-        "repository, e.g. localhost:5050/<project>",
+        "validate: mnist-docker/kubernetes_config.json: lacks 'repository-uri': expected the "
+        "image repository, e.g. localhost:5050/<project>",
     ),
-    "k8s-config-names-another-template": (
+    "k8s-config-names-a-template-elsewhere": (
         lambda p: replace(
-            p / "mnist-k8s/kubernetes_config.json", "projects/mnist-k8s/", "projects/mnist-ddp-k8s/"
+            p / "mnist-docker/kubernetes_config.json",
+            '"kubernetes_job_template.yaml"',
+            '"projects/mnist-docker/kubernetes_job_template.yaml"',
         ),
-        "validate: mnist-k8s/kubernetes_config.json: kube-job-template-path is "
-        "'projects/mnist-ddp-k8s/kubernetes_job_template.yaml': expected "
-        "'projects/mnist-k8s/kubernetes_job_template.yaml' (this project's template, relative "
-        "to the repository root)",
+        "validate: mnist-docker/kubernetes_config.json: kube-job-template-path is "
+        "'projects/mnist-docker/kubernetes_job_template.yaml': expected the name of a Job "
+        "template in this folder (the path is read relative to the project folder)",
     ),
-    "pods-differ-from-nnodes": (
+    "pods-differ-from-job-completions": (
         lambda p: replace(
-            p / "mnist-ddp-k8s/kubernetes_job_template.yaml", "completions: 2", "completions: 3"
+            p / "mnist-docker/kubernetes_distributed_job_template.yaml",
+            "completions: 2",
+            "completions: 3",
         ),
-        "validate: mnist-ddp-k8s/kubernetes_job_template.yaml: spec has completions 3, "
-        "parallelism 2: expected both 2, the default of parameter 'nnodes' (one pod per node)",
+        "validate: mnist-docker/kubernetes_distributed_job_template.yaml: spec has completions "
+        "3, parallelism 2 and JOB_COMPLETIONS 2: expected the same number in all three",
+    ),
+    "docker-entry-point-differs-from-the-code-home": (
+        lambda p: replace(p / "mnist-docker/MLproject", "default: 14}", "default: 15}"),
+        "validate: mnist-docker/MLproject: entry point 'main' differs from that of mnist-conda, "
+        "whose code it runs: expected the same parameters, defaults and command",
+    ),
+    "default-outside-the-project": (
+        lambda p: replace(
+            p / "mnist-sweep/MLproject", "default: mnist-conda}", "default: ../mnist-conda}"
+        ),
+        "validate: mnist-sweep/MLproject: parameter 'project' of entry point 'main' defaults to "
+        "'../mnist-conda', outside the project folder",
+    ),
+    "dockerignore-lets-env-in": (
+        lambda p: replace(
+            p / "elasticnet-docker/.dockerignore", "**/.env\n**/.env.*\n**/*.env\n", ""
+        ),
+        "validate: elasticnet-docker/.dockerignore: lets .env into the image",
+    ),
+    "readme-distributed-table-lacks-a-row": (
+        lambda p: replace(p / "mnist-conda/README.md", "| `nproc_per_node` | int | `2` |", ""),
+        "validate: mnist-conda/README.md: parameter table lacks 'nproc_per_node': expected a row "
+        "for each parameter of entry point 'distributed'",
     ),
     "link-outside-the-repository": (
         lambda p: relink(p / "mnist-conda/data_loader", "../../.."),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from project_tools.cli import OneLineParser, number
+from mlflow_project_store.project_tools.cli import OneLineParser, number
 
 from .inputs import Input, InputError, open_input
 from .safety import PICKLE_ENV, RISK, UnsafeModelError
@@ -83,7 +83,7 @@ def model_errors(model_uri: str, prog: str = "predict") -> Iterator[None]:
     system's errors as one PredictError line."""
     from mlflow.exceptions import MlflowException
 
-    from project_tools.tracking import require_tracking_server
+    from mlflow_project_store.project_tools.tracking import require_tracking_server
 
     if model_uri.startswith(("runs:/", "models:/")):
         require_tracking_server(prog)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from data_loader import IDXFormatError, IDXSizeLimitError, read_idx
+from mlflow_project_store.data_loader import IDXFormatError, IDXSizeLimitError, read_idx
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = 28

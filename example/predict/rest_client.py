@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from project_tools.cli import OneLineParser, number
+from mlflow_project_store.project_tools.cli import OneLineParser, number
 
 from .inputs import InputError, open_input
 

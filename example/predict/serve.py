@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from project_tools.cli import OneLineParser, fail, number
+from mlflow_project_store.project_tools.cli import OneLineParser, fail, number
 
 from .cli import PredictError, model_errors
 from .safety import PICKLE_ENV, RISK, UnsafeModelError, checked_copy

@@ -3,6 +3,10 @@
 MLflow passes ``-P name=value`` to an entry point unchecked, so each value is checked here,
 once, by the type of its argument: a bad value stops the program in a second with one line
 that names the value and what is expected, exit status 2.
+
+A project's defaults are written once, in its MLproject: an entry point takes them from there
+(:meth:`OneLineParser.use_mlproject_defaults`), so ``python -m pkg.train`` run by hand and
+``mlflow run`` start from the same values.
 """
 
 from __future__ import annotations
@@ -27,6 +31,36 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def use_mlproject_defaults(self, module_file: str, entry_point: str = "main") -> None:
+        """Give each argument the default that ``entry_point`` declares for the parameter of
+        the same name in the MLproject of the project holding ``module_file``. The defaults
+        are the strings MLflow passes, so each is checked by its argument's type too."""
+        try:
+            defaults = mlproject_defaults(Path(module_file), entry_point)
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            fail(self.prog, f"cannot read the defaults of entry point {entry_point!r}: {exc}")
+        # argparse keeps its arguments in _actions: the one list of every argument's dest.
+        known = {action.dest for action in self._actions}
+        self.set_defaults(**{name: value for name, value in defaults.items() if name in known})
+
+
+def mlproject_defaults(module_file: Path, entry_point: str = "main") -> dict[str, str]:
+    """The defaults of ``entry_point``'s parameters in the MLproject of the nearest folder above
+    ``module_file`` that holds one, as the strings MLflow puts into the command."""
+    import yaml
+
+    found = (folder / "MLproject" for folder in module_file.parents)
+    mlproject = next((path for path in found if path.is_file()), None)
+    if mlproject is None:
+        raise FileNotFoundError(f"no MLproject file in a folder above {module_file}")
+    spec = yaml.safe_load(mlproject.read_text())
+    parameters = spec["entry_points"][entry_point].get("parameters") or {}
+    return {
+        name: str(param["default"])
+        for name, param in parameters.items()
+        if isinstance(param, dict) and "default" in param
+    }
 
 
 def fail(prog: str, message: str, status: int = 2) -> NoReturn:

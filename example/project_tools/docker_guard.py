@@ -20,7 +20,7 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from project_tools.cli import fail
+from .cli import fail
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 # Docker, containerd and Kubernetes bind-mount these into every container.

@@ -15,22 +15,17 @@ step: it stops, saves its checkpoint, and ends the run KILLED.
   thread that polls the parent and, through ``bash -c`` shells, the process that started them.
 - :meth:`Stopper.end_launcher` ends a still-waiting ``mlflow run`` after the run is recorded
   KILLED: mlflow 3.17.2 marks the run FAILED when its child exits (its "already ended?" check
-  compares a status string with status numbers), which would overwrite KILLED.
+  compares a status string with status numbers, docs/upstream.md), which would overwrite KILLED.
 
 A process that waits on children instead of looping over steps (the torchrun launcher, the
 sweep) cannot check a flag: :func:`raise_once_on_signal` turns the first SIGTERM or SIGINT into
-an exception there, which its code handles by stopping the children.
-
-:func:`guard_mlflow_run` does the same for ``mlflow run`` itself, in every environment where this
-repository is installed (project_tools.secrets applies it): SIGTERM cancels the run as Ctrl-C
-does (``docker run`` forwards the SIGTERM to the container), the cancel waits for every process
-below the command, and MLflow's status check is fixed, so the run keeps KILLED.
+an exception there, which its code handles by stopping the children; :func:`descendants` and
+:func:`end_all` let it wait until every process below a child has ended.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import signal
 import sys
@@ -40,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from itertools import pairwise
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 
 PR_SET_PDEATHSIG = 1
 SHELLS = {"bash", "sh", "dash", "zsh"}
@@ -221,9 +216,8 @@ class Stopper:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
 
     def end_launcher(self) -> None:
-        """After a signal stop: end a still-waiting ``mlflow run`` before it overwrites KILLED."""
-        if not self.requested:
-            return
+        """Once the run is recorded KILLED: end a still-waiting ``mlflow run`` before its own
+        status check overwrites KILLED with FAILED (mlflow 3.17.2, docs/upstream.md)."""
         for pid, started in self._watched:
             if (_stat(pid) or ("", 0, ""))[2] == started and is_mlflow_run(pid):
                 with suppress(OSError):
@@ -256,61 +250,3 @@ def raise_once_on_signal(make: Callable[[signal.Signals], BaseException]) -> Ite
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _maybe_set_run_terminated(active_run, status: str) -> None:
-    """MLflow's function of that name with its check fixed: a run that the command already ended
-    (KILLED by a Stopper, FAILED by the ddp launcher) keeps its status."""
-    from mlflow.entities import RunStatus
-    from mlflow.tracking import MlflowClient
-
-    if active_run is None:
-        return
-    client = MlflowClient()
-    current = client.get_run(active_run.info.run_id).info.status
-    if not RunStatus.is_terminated(RunStatus.from_string(current)):
-        client.set_terminated(active_run.info.run_id, status)
-
-
-def _cancel_with_descendants(cancel: Callable) -> Callable:
-    """Wrap ``LocalSubmittedRun.cancel``: it returns once every process below the command ended.
-
-    MLflow SIGTERMs the command (its process group when it leads one) and waits for that
-    process only. A ``bash -c "activate && python ..."`` shell that does not exec its last
-    command dies at once, while python (which its launcher watch stops) still saves its
-    checkpoint: wait for it, SIGTERM what is left, and SIGKILL it after GRACE_SECONDS.
-    """
-
-    @functools.wraps(cancel)
-    def cancel_all(self) -> None:
-        family = descendants(self.command_proc.pid)
-        cancel(self)
-        end_all(family)
-
-    return cancel_all
-
-
-def guard_mlflow_run(projects: ModuleType) -> None:
-    """Patch ``mlflow.projects`` (once): while ``mlflow run`` waits on its command, SIGTERM
-    cancels the run as Ctrl-C does, cancelling ends every process below the command, and the
-    run keeps the status its command gave it.
-
-    MLflow's cancel SIGTERMs the command (its process group when it leads one), waits for it,
-    then marks a run that is still RUNNING FAILED. project_tools.secrets applies this in every
-    process that imports ``mlflow.projects``.
-    """
-    from mlflow.projects.submitted_run import LocalSubmittedRun
-
-    if getattr(projects._wait_for, "interruptible", False):
-        return
-    LocalSubmittedRun.cancel = _cancel_with_descendants(LocalSubmittedRun.cancel)
-    wait_for = projects._wait_for
-
-    @functools.wraps(wait_for)
-    def _wait_for(submitted_run) -> None:
-        with raise_once_on_signal(lambda signum: KeyboardInterrupt()):
-            wait_for(submitted_run)
-
-    _wait_for.interruptible = True  # type: ignore[attr-defined]
-    projects._wait_for = _wait_for
-    projects._maybe_set_run_terminated = _maybe_set_run_terminated

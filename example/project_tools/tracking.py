@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
-from typing import ClassVar
 
 import mlflow
-from mlflow.tracking.request_header.abstract_request_header_provider import (
-    RequestHeaderProvider,
-)
 
-from project_tools.cli import fail
-from project_tools.redaction import redact
+from .cli import fail
+from .redaction import redact
 
 # Seconds to wait for the server's /health answer at start.
 START_TIMEOUT = 10.0
@@ -84,22 +78,3 @@ def require_tracking_server(prog: str, uri: str | None = None) -> None:
             "MLFLOW_TRACKING_URI to a running one",
             status=1,
         )
-
-
-class ServerCheckAtStart(RequestHeaderProvider):
-    """The ``mlflow.request_header_provider`` entry point: in the ``mlflow`` command (``mlflow
-    run``, ``mlflow models serve``), the first request to the tracking server checks it once, so
-    that a server that is down at start costs seconds and one line, not minutes of retries.
-    Later requests keep MLflow's long retry for a server that goes away mid-run."""
-
-    checked: ClassVar[set[str]] = set()
-
-    def in_context(self) -> bool:
-        uri = mlflow.get_tracking_uri()
-        if Path(sys.argv[0]).name == "mlflow" and uri not in self.checked:
-            self.checked.add(uri)
-            require_tracking_server("mlflow", uri)
-        return False
-
-    def request_headers(self) -> dict[str, str]:
-        return {}

@@ -14,10 +14,16 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from ready_for_mlflow.servers import client_env, start
-from scaffold.layout import PROJECTS, ROOT
+from mlflow_project_store.layout import PROJECTS, ROOT
+from mlflow_project_store.ready_for_mlflow.servers import client_env, start
 
 VENV_BIN = Path(sys.executable).parent
+
+
+def in_project(project: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with ``project`` on PYTHONPATH: its packages (its code, and data_loader and
+    project_tools through its links) import as `mlflow run` imports them from that folder."""
+    return {**env, "PYTHONPATH": str(project)}
 
 
 def mlflow_run_command(
@@ -154,6 +160,7 @@ def start_mlflow_run(
     log: Path,
     mark: str,
     experiment: str = "tests",
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen:
     """Start ``mlflow run --env-manager local`` in a session of its own, as a terminal would.
 
@@ -161,7 +168,7 @@ def start_mlflow_run(
     SIGINT is reset to its default, which a shell without job control would have ignored.
     """
     return start(
-        mlflow_run_command(project, params, experiment=experiment),
+        mlflow_run_command(project, params, experiment=experiment, extra_args=extra_args),
         log,
         client_env(tracking_uri, LIFECYCLE_MARK=mark),
         cwd=log.parent,

@@ -54,7 +54,7 @@ def require_docker_image(project: Path) -> str:
 
 def require_chromium() -> str:
     """The system Chromium that Playwright drives (.ci/setup.d/30-chromium.sh installs it)."""
-    from ready_for_mlflow.screenshots import chromium
+    from mlflow_project_store.ready_for_mlflow.screenshots import chromium
 
     found = chromium()
     require("Chromium", found is not None, "apt-get install chromium")

@@ -9,8 +9,8 @@ from mlflow.pyfunc import PyFuncModel
 from sklearn.metrics import r2_score
 
 from data_loader import load_diabetes_split, load_mnist
-from predict.safety import load_model as load_checked
-from scaffold.layout import HELDOUT as HELDOUT_NAMES
+from mlflow_project_store.layout import HELDOUT as HELDOUT_NAMES
+from mlflow_project_store.predict.safety import load_model as load_checked
 
 
 def load_model(model_uri: str) -> PyFuncModel:

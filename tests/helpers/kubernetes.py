@@ -1,44 +1,27 @@
-"""A project's Kubernetes Job without a cluster: rendered by MLflow, validated, run in Docker.
+"""A project's Kubernetes Job as MLflow renders it, and the hardening every pod spec carries.
 
-No Kubernetes cluster can run here, so the cluster is the one thing done without. What is
-real: the Job rendered by MLflow's own code (``mlflow.projects.kubernetes``) from the
-project's template and config, its validation against the Kubernetes API schema, the image
-built and pushed to a real registry through MLflow's push code, and the pod's work done the
-pod's way: the pushed image, pulled by digest, runs the rendered container command with the
-rendered env in Docker against a real tracking server.
+`make run-k8s` itself runs against the stand-in cluster of tests/helpers/cluster.py; here the
+Job is rendered by the same code the store-kubernetes backend uses (its config loader, then
+MLflow's ``mlflow.projects.kubernetes`` job definition) for the tests that read a Job without
+running it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 from pathlib import Path
-from unittest import mock
 
-import kubernetes_validate
-from mlflow.projects import _parse_kubernetes_config
 from mlflow.projects import kubernetes as kb
 from mlflow.projects._project_spec import load_project
-from mlflow.projects.docker import build_docker_image
 from mlflow.projects.utils import get_entry_point_command, get_run_env_vars
-from mlflow.tracking import MlflowClient
 
-from scaffold.layout import KUBERNETES_VERSION
-from tests.helpers.components import require_docker_image
+from mlflow_project_store.backends import kubernetes_config
 
 
-def kube_config(project: Path) -> dict:
-    """The project's kubernetes_config.json, read by MLflow's own parser from the root of the
-    project's repository (the template path in it is relative to that root)."""
-    config = json.loads((project / "kubernetes_config.json").read_text())
-    cwd = Path.cwd()
-    os.chdir(project.resolve().parents[1])
-    try:
-        return _parse_kubernetes_config(config)
-    finally:
-        os.chdir(cwd)
+def kube_config(project: Path, name: str = "kubernetes_config.json") -> dict:
+    """The project's Kubernetes config with its Job template loaded, as the backend reads it."""
+    return kubernetes_config(json.loads((project / name).read_text()), str(project))
 
 
 def render(
@@ -49,92 +32,20 @@ def render(
     run_id: str,
     experiment_id: str,
     storage: Path,
+    entry_point: str = "main",
+    config: str = "kubernetes_config.json",
 ) -> dict:
-    """The Job exactly as `mlflow run --backend kubernetes` submits it."""
+    """The Job exactly as `mlflow run --backend store-kubernetes` submits it."""
     spec = load_project(str(project))
-    command = get_entry_point_command(spec, "main", params, str(storage))
+    command = get_entry_point_command(spec, entry_point, params, str(storage))
     return kb._get_kubernetes_job_definition(
         spec.name,
         image_tag,
         digest,
         kb._get_run_command(command),
         get_run_env_vars(run_id, experiment_id),
-        copy.deepcopy(kube_config(project)["kube-job-template"]),
+        copy.deepcopy(kube_config(project, config)["kube-job-template"]),
     )
-
-
-def container_of(job: dict) -> dict:
-    return job["spec"]["template"]["spec"]["containers"][0]
-
-
-def pod_environment(container: dict) -> list[str]:
-    """`docker run -e` flags for the container's env, resolved as the kubelet would: literal
-    values as they are; optional Secret refs left out, since no Secret exists here (with the
-    proxied tracking server the pod needs no S3 credential)."""
-    flags = []
-    for item in container["env"]:
-        if "value" in item:
-            flags += ["-e", f"{item['name']}={item['value']}"]
-        else:
-            assert item["valueFrom"]["secretKeyRef"]["optional"] is True, item["name"]
-    return flags
-
-
-def run_job_in_docker(
-    project: Path, params: dict[str, object], registry: str, tracking_uri: str, workdir: Path
-) -> str:
-    """Build and push the project's image, render and validate its Job, and run the pod's
-    container from the pushed image by digest; return the MLflow run id."""
-    base_image = require_docker_image(project)
-    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri}):
-        return _run_job_in_docker(project, params, registry, tracking_uri, workdir, base_image)
-
-
-def _run_job_in_docker(
-    project: Path,
-    params: dict[str, object],
-    registry: str,
-    tracking_uri: str,
-    workdir: Path,
-    base_image: str,
-) -> str:
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("kubernetes")
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment("kubernetes")
-    )
-    run_id = client.create_run(experiment_id).info.run_id
-    name = load_project(str(project)).name
-    image = build_docker_image(
-        str(project), f"{registry}/{name}", base_image, run_id, build_image=True, docker_auth=None
-    )
-    tag = image.tags[0]
-    digest = kb.push_image_to_registry(tag)
-    job = render(project, params, tag, digest, run_id, experiment_id, workdir)
-    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
-    container = container_of(job)
-    subprocess.run(["docker", "rmi", tag], capture_output=True, check=True)  # pull it back
-    pod = subprocess.run(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--network",
-            "host",
-            *pod_environment(container),
-            "--entrypoint",
-            container["command"][0],
-            container["image"],
-            *container["command"][1:],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    subprocess.run(["docker", "rmi", container["image"]], capture_output=True, check=False)
-    assert pod.returncode == 0, pod.stderr[-3000:]
-    return run_id
 
 
 def least_privilege_problems(pod: dict) -> list[str]:

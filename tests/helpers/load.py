@@ -14,9 +14,15 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from data_loader.idx import read_idx, write_idx
+from mlflow_project_store.layout import PROJECTS, ROOT
+from mlflow_project_store.ready_for_mlflow.servers import (
+    S3,
+    client_env,
+    mlflow_server,
+    postgres,
+    postgres_binaries,
+)
 from mnist.tracking import LOG_EVERY_STEPS
-from ready_for_mlflow.servers import S3, client_env, mlflow_server, postgres, postgres_binaries
-from scaffold.layout import PROJECTS, ROOT
 from tests.helpers.commands import mlflow_run
 from tests.helpers.components import require
 

@@ -1,4 +1,5 @@
-"""Projects under projects/ and their smoke runs, as each project's smoke.yaml declares."""
+"""Projects under projects/, and their smoke runs as each project's smoke.yaml declares: an
+exported copy, run from another folder in an environment that holds only what it declares."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scaffold.layout import PROJECTS
-from tests.helpers.commands import mlflow_run, only_run
-from tests.helpers.components import require_docker_image
+from mlflow_project_store.docker_images import base_image
+from mlflow_project_store.layout import PROJECTS
+from tests.helpers.commands import make, only_run
+from tests.helpers.components import require_docker
 from tests.helpers.heldout import HELDOUT, load_model
 
 
@@ -29,45 +31,90 @@ def smoke_config(project: Path) -> dict:
 
 
 def smoke_params(root: Path = PROJECTS) -> list:
-    """One pytest param per project, carrying the markers its smoke.yaml asks for; a project
-    whose smoke.yaml names the test that runs it (``covered_by``) is left to that test."""
+    """One pytest param per project, carrying the markers its smoke.yaml asks for."""
     params = []
     for project in project_dirs(root):
         config = yaml.safe_load((project / "smoke.yaml").read_text())
-        if "covered_by" in config:
-            continue
-        markers = config.get("markers", [])
-        marks = [getattr(pytest.mark, name) for name in markers]
+        marks = [getattr(pytest.mark, name) for name in config.get("markers", [])]
         params.append(pytest.param(project, id=project.name, marks=marks))
     return params
 
 
-def smoke_run(
-    project: Path, tracking_uri: str, workdir: Path, env_manager: str | None = None
+def export(project: Path, dest: Path) -> Path:
+    """``make export`` of ``project`` into ``dest``, as a user makes it."""
+    result = make("export", PROJECT=str(project), DEST=str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dest
+
+
+def launcher_env(launcher: Path, tracking_uri: str) -> dict[str, str]:
+    """This environment, less this repository's: PATH leads to ``launcher`` (a venv holding
+    only mlflow and uv), no PYTHONPATH, no virtualenv of ours."""
+    keep = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PATH")}
+    path = f"{launcher}:/usr/local/bin:/usr/bin:/bin"
+    return {**keep, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri}
+
+
+def run_alone(
+    project: Path,
+    launcher: Path,
+    tracking_uri: str,
+    workdir: Path,
+    params: dict[str, object],
+    run_args: list[str],
+    env_manager: str | None = "uv",
+    timeout: int = 1500,
 ) -> subprocess.CompletedProcess[str]:
-    """`mlflow run` the project from ``workdir`` as its smoke.yaml says."""
-    config = smoke_config(project)
-    run_args = config.get("run_args", [])
+    """``mlflow run`` of ``project`` (a path or a git URL) by the launcher's mlflow, from
+    ``workdir``, into experiment ``tests``; a Docker project first gets its dependency image
+    from its own Dockerfile (Docker's layer cache makes that seconds)."""
+    command = [str(launcher / "mlflow"), "run", str(project), "--experiment-name", "tests"]
     if "--build-image" in run_args:
-        require_docker_image(project)
+        artifacts = workdir / "mlruns"
+        artifacts.mkdir(exist_ok=True)
         # MLflow mounts only the run's artifact folder; MLflow 3 writes the logged model
         # beside it, under the experiment's artifact root, so that is mounted too.
-        artifacts = workdir / "mlruns"
-        run_args = [
-            *run_args,
-            "-A",
-            f"v={artifacts}:{artifacts}",
-            "-A",
-            f"user={os.getuid()}:{os.getgid()}",
-        ]
-    return mlflow_run(
-        project,
-        tracking_uri,
-        config["parameters"],
-        env_manager=env_manager or config.get("env_manager", "local"),
-        extra_args=run_args,
+        run_args = [*run_args, "-A", f"v={artifacts}:{artifacts}"]
+        run_args += ["-A", f"user={os.getuid()}:{os.getgid()}"]
+    elif env_manager:
+        command += ["--env-manager", env_manager]
+    command += run_args
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    return subprocess.run(
+        command,
         cwd=workdir,
+        env=launcher_env(launcher, tracking_uri),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
+
+
+def build_dependency_image(project: Path) -> None:
+    """The docker_env image, built from ``project``'s own Dockerfile as a user would (on the
+    base image `make docker-images` picks); Docker's layer cache makes that seconds."""
+    require_docker()
+    image = yaml.safe_load((project / "MLproject").read_text())["docker_env"]["image"]
+    result = subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE_IMAGE={base_image()}",
+            "-t",
+            image,
+            str(project),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def assert_smoke_run(project: Path, tracking_uri: str) -> float:

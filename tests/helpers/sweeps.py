@@ -1,9 +1,10 @@
 """Sweeps (projects/mnist-sweep) in tests: a stand-in trial project, a stand-in cluster, and
 reading a sweep's runs back.
 
-The stand-in project is a real MLflow project whose trial takes a second: it logs a metric
-computed from its learning rate, or fails, or waits, as its ``behaviour`` parameter says. It
-exercises what the sweep does with trials (failures, Ctrl-C) without training anything.
+The stand-in project (tests/projects/stand-in-trial) is a real MLflow project whose trial takes
+a second: it logs a metric computed from its learning rate, or fails, or waits, as its
+``behaviour`` parameter says. It exercises what the sweep does with trials (failures, Ctrl-C)
+without training anything.
 
 The stand-in cluster replaces only what needs a cluster: MLflow's Kubernetes backend renders
 and submits each trial's Job with its own code, the "cluster" keeps the Job, logs the pod's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -29,54 +31,15 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from scaffold.layout import PROJECTS
+from mlflow_project_store.layout import PROJECTS
+from tests.helpers.cluster import container_of
 from tests.helpers.commands import VENV_BIN, mlflow_run_command, mlflow_run_env
-from tests.helpers.kubernetes import container_of
 
 SWEEP_PROJECT = PROJECTS / "mnist-sweep"
 PARENT_TAG = "mlflow.parentRunId"
 FAKE_DIGEST = "sha256:" + "cd" * 32
 
-STAND_IN_MLPROJECT = """\
-name: stand-in-trial
-entry_points:
-  main:
-    parameters:
-      learning_rate: float
-      batch_size: int
-      epochs: int
-      behaviour: {type: string, default: finish}
-    command: python trial.py {learning_rate} {behaviour}
-"""
-
-STAND_IN_TRIAL = '''\
-"""finish: log val_accuracy (best at learning rate 3e-3); fail: exit 1; fail-first: the first
-trial to start fails, the others finish; wait: record the pid and sleep."""
-import math
-import os
-import sys
-import time
-from pathlib import Path
-
-import mlflow
-
-learning_rate, behaviour = float(sys.argv[1]), sys.argv[2]
-here = Path(__file__).parent
-if behaviour == "fail-first":
-    try:
-        os.close(os.open(here / "failed-once", os.O_CREAT | os.O_EXCL))
-        behaviour = "fail"
-    except FileExistsError:
-        behaviour = "finish"
-if behaviour == "fail":
-    sys.exit("stand-in trial: forced failure")
-if behaviour == "wait":
-    (here / "pids").mkdir(exist_ok=True)
-    (here / "pids" / str(os.getpid())).touch()
-    time.sleep(600)
-with mlflow.start_run():
-    mlflow.log_metric("val_accuracy", 1 - abs(math.log10(learning_rate) - math.log10(3e-3)) / 10)
-'''
+STAND_INS = Path(__file__).parents[1] / "projects"
 
 
 def stand_in_score(learning_rate: float) -> float:
@@ -84,29 +47,12 @@ def stand_in_score(learning_rate: float) -> float:
     return 1 - abs(math.log10(learning_rate) - math.log10(3e-3)) / 10
 
 
-STAND_IN_CONDA = """\
-name: stand-in-trial
-dependencies:
-  - python=3.11
-  - pip
-  - pip:
-      - mlflow==3.17.2
-"""
-
-
-def write_stand_in_project(folder: Path, image: str | None = None, conda: bool = False) -> Path:
-    """The stand-in project in ``folder``; with ``image`` (one with mlflow in it), a
-    ``docker_env`` project on that image; with ``conda``, a ``conda_env`` project (mlflow)."""
-    folder.mkdir(parents=True)
-    mlproject = STAND_IN_MLPROJECT
-    if image:
-        mlproject += f"docker_env:\n  image: {image}\n"
-    if conda:
-        mlproject += "conda_env: conda.yaml\n"
-        (folder / "conda.yaml").write_text(STAND_IN_CONDA)
-    (folder / "MLproject").write_text(mlproject)
-    (folder / "trial.py").write_text(STAND_IN_TRIAL)
-    return folder
+def stand_in_project(workdir: Path, variant: str = "") -> Path:
+    """A copy in ``workdir`` of ``tests/projects/stand-in-trial[-variant]``: ``uv`` (its
+    conda.yaml), ``docker`` (on the scikit-learn dependency image); the trial writes into
+    its own folder (pids, a failure marker), so each test gets a copy."""
+    name = f"stand-in-trial-{variant}" if variant else "stand-in-trial"
+    return Path(shutil.copytree(STAND_INS / name, workdir / name, symlinks=False))
 
 
 def sweep_command(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_loader import load_diabetes_split, load_mnist_arrays
+from mlflow_project_store.data_loader import load_diabetes_split, load_mnist_arrays
 
 HERE = Path(__file__).resolve().parent
 # (size in pixels, dark digit on a light background, RGB)

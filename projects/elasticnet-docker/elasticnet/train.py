@@ -23,9 +23,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--alpha", type=number(float, 0), required=True, help="regularization strength (>= 0)")
-    add("--l1-ratio", type=number(float, 0, 1), default=0.1, help="0 = ridge, 1 = lasso")
-    add("--seed", type=seed, default=42, help="seeds the train/test split")
-    add("--registered-model-name", type=model_name, default="", help="register the model")
+    add("--l1-ratio", type=number(float, 0, 1), help="0 = ridge, 1 = lasso")
+    add("--seed", type=seed, help="seeds the train/test split")
+    add("--registered-model-name", type=model_name, help="register the model")
+    parser.use_mlproject_defaults(__file__)
     return parser.parse_args(argv)
 
 

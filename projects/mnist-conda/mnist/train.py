@@ -1,8 +1,9 @@
 """Train the MNIST digit classifier and record it in MLflow.
 
 Run through MLflow (``mlflow run projects/mnist-conda -P epochs=3``) or directly from the
-project folder (``python -m mnist.train --epochs 3``). Parameters are checked before anything
-heavy is imported, so a typo fails in a second with one line that names the bad value.
+project folder (``python -m mnist.train --epochs 3``); the defaults are the MLproject's.
+Parameters are checked before anything heavy is imported, so a typo fails in a second with one
+line that names the bad value.
 """
 
 from __future__ import annotations
@@ -66,32 +67,30 @@ def add_recipe_arguments(
     device: Callable[[str], str] = device_name,
     batch_help: str = "images per training step",
 ) -> None:
-    """The recipe's parameters with their rules and this entry point's defaults.
+    """The recipe's parameters with their rules; the defaults are the MLproject's.
 
-    mnist_ddp.train trains the same recipe data-parallel: it adds these with its own device
-    rule and batch help, then sets its own defaults (``parser.set_defaults``).
+    mnist.distributed.train trains the same recipe data-parallel: it adds these with its own
+    device rule and batch help, and takes the defaults of its own entry point.
     """
     add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=14)
-    add("--batch-size", type=number(int, 1), default=256, help=batch_help)
-    add("--learning-rate", type=number(float, 0, open_low=True), default=3e-3)
+    add("--epochs", type=number(int, 1))
+    add("--batch-size", type=number(int, 1), help=batch_help)
+    add("--learning-rate", type=number(float, 0, open_low=True))
     add(
         "--data-dir",
         type=data_dir,
-        default=BUNDLED,
         help="folder with the MNIST IDX files (flat or torchvision layout), or 'bundled'",
     )
     add(
         "--download",
         type=boolean,
-        default=False,
         help="download the full MNIST set into --data-dir with torchvision when missing",
     )
-    add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True), default=0.05)
-    add("--seed", type=seed, default=42)
-    add("--device", type=device, default="auto", help="auto picks CUDA when present")
-    add("--num-workers", type=number(int, 0, MAX_WORKERS), default=0)
-    add("--registered-model-name", type=model_name, default="", help="register the model")
+    add("--val-fraction", type=number(float, 0, 1, open_low=True, open_high=True))
+    add("--seed", type=seed)
+    add("--device", type=device, help="auto picks CUDA when present")
+    add("--num-workers", type=number(int, 0, MAX_WORKERS))
+    add("--registered-model-name", type=model_name, help="register the model")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,9 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume-from",
         type=run_id,
-        default="",
         help="continue this KILLED run from its logged checkpoint, with its own parameters",
     )
+    parser.use_mlproject_defaults(__file__, "main")
     return parser.parse_args(argv)
 
 

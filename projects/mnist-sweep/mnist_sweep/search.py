@@ -23,6 +23,8 @@ from mlflow.projects.submitted_run import LocalSubmittedRun, SubmittedRun
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from project_tools.lifecycle import descendants, end_all
+
 from .trials import Target, failure_reason, first_line, launch, remove_container
 
 POLL_SECONDS = 2.0
@@ -202,15 +204,19 @@ class Search:
 
         A local trial is an `mlflow run` leading its own process group: each group gets its
         SIGTERM first, so that the trials stop (checkpoint, run KILLED) side by side rather
-        than one after the other; MLflow's cancel then waits for each.
+        than one after the other. MLflow's cancel waits for the `mlflow run` alone; every
+        process below it is waited for too (SIGKILL after the grace), so none outlives the sweep.
         """
+        families = {}
         for trial in self.running:
             if isinstance(trial.submitted, LocalSubmittedRun):
+                families[trial.number] = descendants(trial.submitted.command_proc.pid)
                 with suppress(OSError):
                     os.killpg(trial.submitted.command_proc.pid, signal.SIGTERM)
         for trial in self.running:
             try:
                 trial.submitted.cancel()
+                end_all(families.get(trial.number, []))
                 if trial.container:
                     remove_container(trial.container)
             except Exception as exc:  # keep cancelling the others

@@ -4,14 +4,15 @@
     (or: make sweep TRIALS=8 PARALLEL=2)
 
 This run is the parent. Optuna's TPE sampler proposes a learning rate, a batch size and a
-number of epochs for each trial; the trial runs ``project`` (default ``../mnist-conda``,
-relative to this folder) through ``mlflow.projects.run`` on the backend asked for, up to
-``max_parallel`` trials at a time. Environments and images are built once, before the first
-trial (trials.py). A failed trial is recorded as FAILED and the search goes on; the search
-fails only when every trial failed. Ctrl-C (or SIGTERM) cancels the running trials and marks
-them KILLED. At the end the parent run holds the best trial, its params and metric, and the
-search history as a table and a plot; with ``registered_model_name`` the best trial's model is
-registered with the alias ``candidate``. Values are checked before anything heavy is imported.
+number of epochs for each trial; the trial runs ``project`` (default ``mnist-conda``, in this
+folder: a link to ../mnist-conda here, a copy in an exported sweep) through
+``mlflow.projects.run`` on the backend asked for, up to ``max_parallel`` trials at a time.
+Environments and images are built once, before the first trial (trials.py). A failed trial is
+recorded as FAILED and the search goes on; the search fails only when every trial failed.
+Ctrl-C (or SIGTERM) cancels the running trials and marks them KILLED. At the end the parent run
+holds the best trial, its params and metric, and the search history as a table and a plot; with
+``registered_model_name`` the best trial's model is registered with the alias ``candidate``.
+Values are checked before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -151,26 +152,27 @@ def one_of(*choices: str) -> Callable[[str], str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--trials", type=number(int, 1), default=8)
-    add("--max-parallel", type=number(int, 1, MAX_PARALLEL), default=2)
-    add("--project", type=project, default="../mnist-conda", help="what each trial runs")
-    add("--metric", type=metric_name, default="val_accuracy", help="what the search optimizes")
-    add("--goal", type=one_of(*GOALS), default="maximize")
-    add("--learning-rate-min", type=number(float, 0, open_low=True), default=1e-4)
-    add("--learning-rate-max", type=number(float, 0, open_low=True), default=1e-2)
-    add("--batch-size-min", type=number(int, 1), default=32)
-    add("--batch-size-max", type=number(int, 1), default=256)
-    add("--epochs-min", type=number(int, 1), default=1)
-    add("--epochs-max", type=number(int, 1), default=5)
-    add("--trial-params", type=key_values, default={}, help="fixed params of every trial")
-    add("--env-manager", type=one_of("", *ENV_MANAGERS), default="", help="'': the sweep's own")
-    add("--backend", type=one_of(*BACKENDS), default="local")
-    add("--backend-config", type=json_file, default="", help="kubernetes_config.json")
-    add("--build-image", type=boolean, default=False, help="docker_env: build the image once")
-    add("--docker-args", type=docker_args, default={}, help="what `mlflow run -A` takes")
-    add("--seed", type=seed, default=42, help="seeds the sampler")
-    add("--registered-model-name", type=model_name, default="", help="register the best model")
-    add("--ranking-metric", type=metric_name, default="test_accuracy", help="ranks the version")
+    add("--trials", type=number(int, 1))
+    add("--max-parallel", type=number(int, 1, MAX_PARALLEL))
+    add("--project", type=project, help="what each trial runs")
+    add("--metric", type=metric_name, help="what the search optimizes")
+    add("--goal", type=one_of(*GOALS))
+    add("--learning-rate-min", type=number(float, 0, open_low=True))
+    add("--learning-rate-max", type=number(float, 0, open_low=True))
+    add("--batch-size-min", type=number(int, 1))
+    add("--batch-size-max", type=number(int, 1))
+    add("--epochs-min", type=number(int, 1))
+    add("--epochs-max", type=number(int, 1))
+    add("--trial-params", type=key_values, help="fixed params of every trial")
+    add("--env-manager", type=one_of("", *ENV_MANAGERS), help="'': the sweep's own")
+    add("--backend", type=one_of(*BACKENDS))
+    add("--backend-config", type=json_file, help="kubernetes_config.json")
+    add("--build-image", type=boolean, help="docker_env: build the image once")
+    add("--docker-args", type=docker_args, help="what `mlflow run -A` takes")
+    add("--seed", type=seed, help="seeds the sampler")
+    add("--registered-model-name", type=model_name, help="register the best model")
+    add("--ranking-metric", type=metric_name, help="ranks the version")
+    parser.use_mlproject_defaults(__file__)
     args = parser.parse_args(argv)
     for name in SEARCHED:
         low, high = getattr(args, f"{name}_min"), getattr(args, f"{name}_max")
@@ -182,14 +184,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[Stopper]:
     """Ctrl-C and SIGTERM (what `mlflow run` sends its command when it is interrupted) raise
     KeyboardInterrupt once; after that both are ignored, so that the trials can be stopped
     without a second signal cutting that short. The death of the `mlflow run` that started the
     sweep is a SIGTERM too (the launcher watch of project_tools.lifecycle)."""
     interrupts = raise_once_on_signal(lambda signum: KeyboardInterrupt())
-    with interrupts, Stopper(PROG, handle_signals=False):
-        yield
+    with interrupts, Stopper(PROG, handle_signals=False) as stopper:
+        yield stopper
 
 
 def trial_env_manager(asked: str, tags: dict[str, str]) -> str:
@@ -258,13 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             search.end_orphans("KILLED" if status == "KILLED" else "FAILED")
         mlflow.end_run(status)
 
-    with interruptible(), tempfile.TemporaryDirectory(prefix="sweep-") as workdir:
+    with interruptible() as stopper, tempfile.TemporaryDirectory(prefix="sweep-") as workdir:
         run = mlflow.get_run(mlflow.start_run().info.run_id)
         try:
             best = search_and_record(args, run, Path(workdir), started)
         except KeyboardInterrupt:
             end("KILLED")
             print(f"{PROG}: interrupted: the running trials were stopped and marked KILLED")
+            stopper.end_launcher()
             return 130
         except (TrialSetupError, AllTrialsFailed, RegisterError, RegistryError) as exc:
             end("FAILED")

@@ -183,8 +183,8 @@ def pinned(target: Target, image: str, workdir: Path) -> Target:
 def kube_config(path: str, project: Path) -> dict:
     """The Kubernetes backend config at ``path``, its Job template path made absolute.
 
-    A relative template path is read as MLflow reads it (from the current folder), else from
-    the root of the project's repository, as this repository's configs are written.
+    A relative template path is read from the trial project's folder, where the store keeps
+    the template beside the config, else as MLflow reads it (from the current folder).
     """
     if not path:
         raise TrialSetupError("backend kubernetes needs backend_config (a kubernetes_config.json)")
@@ -193,8 +193,8 @@ def kube_config(path: str, project: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise TrialSetupError(f"backend_config {path!r}: {first_line(exc)}") from exc
     template = Path(config.get("kube-job-template-path", ""))
-    if not template.is_absolute() and not template.is_file():
-        template = project.resolve().parents[1] / template
+    if not template.is_absolute() and (project / template).is_file():
+        template = project / template
     config["kube-job-template-path"] = str(template.absolute())
     try:
         _parse_kubernetes_config(config)  # MLflow's own checks, now rather than per trial

@@ -27,11 +27,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """(1) `mlflow run -P epochs=abc` passes any value through: check each one here."""
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--epochs", type=number(int, 1), default=3)
-    add("--batch-size", type=number(int, 1), default=64)
-    add("--learning-rate", type=number(float, 0, open_low=True), default=0.003)
-    add("--seed", type=seed, default=42)
-    add("--registered-model-name", type=model_name, default="", help="register the model")
+    add("--epochs", type=number(int, 1))
+    add("--batch-size", type=number(int, 1))
+    add("--learning-rate", type=number(float, 0, open_low=True))
+    add("--seed", type=seed)
+    add("--registered-model-name", type=model_name, help="register the model")
+    # The defaults are written once, in the MLproject beside this package: take them from there.
+    parser.use_mlproject_defaults(__file__)
     return parser.parse_args(argv)
 
 

@@ -26,10 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """(1) `mlflow run -P C=abc` passes any value through: check each one here."""
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--C", type=number(float, 0, open_low=True), default=0.5, help="inverse regularization")
-    add("--max-iter", type=number(int, 1), default=200, help="solver iterations")
-    add("--train-samples", type=number(int, 1), default=8000, help="training digits used")
-    add("--registered-model-name", type=model_name, default="", help="register the model")
+    add("--C", type=number(float, 0, open_low=True), help="inverse regularization")
+    add("--max-iter", type=number(int, 1), help="solver iterations")
+    add("--train-samples", type=number(int, 1), help="training digits used")
+    add("--registered-model-name", type=model_name, help="register the model")
+    # The defaults are written once, in the MLproject beside this package: take them from there.
+    parser.use_mlproject_defaults(__file__)
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,1 @@
+../stand-in-trial/trial.py

@@ -1,16 +1,17 @@
-"""Training throughput of projects/mnist-ddp-conda with 1 and N processes, and the scaling.
+"""Training throughput of the distributed entry point of projects/mnist-conda with 1 and N
+processes, and the scaling.
 
     python -m benchmarks.ddp_throughput [--device cpu|cuda] [--epochs 2] [--batch-size 128]
 
 By default (``--device cpu``, what `make benchmark` runs) it measures the CPU, then the GPUs
 where CUDA is present, and says so where there is none. ``--device cuda`` measures the GPUs alone.
 
-Each configuration runs the project's own entry point (``python -m mnist_ddp.launch``: torchrun,
-DistributedDataParallel, gloo on the CPU, nccl on CUDA) on the bundled digits, recording into a
-throwaway tracking store. Its figure is rank 0's ``train_images_per_second`` (the images all
-ranks trained in an epoch over the epoch's time), the median over the epochs after the first,
-and the best of ``--repeats`` runs taken in turns with the other configurations (other work on
-a shared machine only ever slows a run down).
+Each configuration runs the project's own entry point (``python -m mnist.distributed.launch``:
+torchrun, DistributedDataParallel, gloo on the CPU, nccl on CUDA) on the bundled digits,
+recording into a throwaway tracking store. Its figure is rank 0's ``train_images_per_second``
+(the images all ranks trained in an epoch over the epoch's time), the median over the epochs
+after the first, and the best of ``--repeats`` runs taken in turns with the other configurations
+(other work on a shared machine only ever slows a run down).
 
 On the CPU: 1 and 2 processes, each with half the cores as threads, so that the efficiency
 (images/s with 2 processes over twice images/s with 1) measures what data parallelism costs:
@@ -37,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_project_store.layout import PROJECTS
 from mlflow_project_store.project_tools.cli import OneLineParser, number
 
-PROJECT = PROJECTS / "mnist-ddp-conda"
+PROJECT = PROJECTS / "mnist-conda"
 METRIC = "train_images_per_second"
 
 
@@ -91,7 +92,7 @@ def measure(
     command = [
         sys.executable,
         "-m",
-        "mnist_ddp.launch",
+        "mnist.distributed.launch",
         f"--nproc-per-node={config.processes}",
         f"--epochs={args.epochs}",
         f"--batch-size={args.batch_size}",

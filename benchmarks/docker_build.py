@@ -2,9 +2,10 @@
 
     python -m benchmarks.docker_build [--cold]
 
-The rebuild is MLflow's own `--build-image` step (``mlflow.projects.docker.build_docker_image``:
-FROM the dependency image, COPY the project folder with its links followed) on a copy of
-projects/mnist-docker, timed after one line of mnist/train.py changed. ``--cold`` also builds
+The rebuild is the `--build-image` step of `make run-docker` (``mlflow_project_store.images``,
+MLflow's build with the project's .dockerignore honoured: FROM the dependency image, COPY the
+project folder with its links followed) on a copy of projects/mnist-docker, timed after one
+line of mnist/train.py changed. ``--cold`` also builds
 mnist-docker's Dockerfile with ``--no-cache`` under a throwaway tag (pip installs torch: many
 minutes and ~7 GB, so it is off by default; the figure of the last cold build stays in
 results.json). The images made here are removed again.
@@ -22,13 +23,13 @@ import time
 from pathlib import Path
 
 from benchmarks.results import RESULTS, record
+from mlflow_project_store.docker_images import base_image, image_of
 from mlflow_project_store.layout import PROJECTS
 from mlflow_project_store.project_tools.cli import OneLineParser
 
 PROJECT = PROJECTS / "mnist-docker"
 RUN_IMAGE = "mlflow-store-bench/mnist-docker"
 COLD_TAG = "mlflow-store-bench/mnist-deps:cold"
-STAND_IN_BASE = "mlflow-store/python:3.11-bookworm"
 
 
 def docker(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -37,24 +38,15 @@ def docker(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str
     )
 
 
-def base_image() -> str:
-    """The Makefile's rule: python:3.11-slim unless only the stand-in is here."""
-    if docker("image", "inspect", "python:3.11-slim").returncode == 0:
-        return "python:3.11-slim"
-    return STAND_IN_BASE if docker("image", "inspect", STAND_IN_BASE).returncode == 0 else ""
-
-
 def dependency_image() -> str:
-    for line in (PROJECT / "MLproject").read_text().splitlines():
-        if line.strip().startswith("image:"):
-            return line.split(":", 1)[1].strip()
-    sys.exit("docker_build: error: projects/mnist-docker/MLproject names no image")
+    return image_of(PROJECT)
 
 
 def rebuild_seconds(work: Path) -> tuple[float, float]:
     """MLflow's run-image build on a copy of the project: first, then after a one-line change."""
     import mlflow
-    from mlflow.projects.docker import build_docker_image
+
+    from mlflow_project_store.images import build_image
 
     copy = work / "mnist-docker"
     shutil.copytree(PROJECT, copy, symlinks=False)  # links followed, as MLflow copies them
@@ -65,7 +57,7 @@ def rebuild_seconds(work: Path) -> tuple[float, float]:
         with (copy / "mnist" / "train.py").open("a") as source:
             source.write(change)
         start = time.perf_counter()
-        build_docker_image(str(copy), RUN_IMAGE, dependency_image(), run_id, True, None)
+        build_image(str(copy), RUN_IMAGE, dependency_image(), run_id, True)
         times.append(time.perf_counter() - start)
     docker("image", "rm", "-f", f"{RUN_IMAGE}:latest")
     return times[0], times[1]

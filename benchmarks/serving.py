@@ -7,7 +7,7 @@ artifacts proxied to a local S3 endpoint), then served by `mlflow models serve`,
 `make serve` runs after its pickle check. On the same bundled test digits: latency of one
 image per request (p50, p99, over ``--requests`` requests on one kept-alive connection) and
 throughput in batches of 256, each beside the
-same model's ``predict`` in this process (the floor); and `python -m predict` on the 2,000
+same model's ``predict`` in this process (the floor); and `make predict`'s CLI on the 2,000
 test digits beside the in-process predict of the same digits.
 """
 
@@ -153,7 +153,7 @@ def predict_cli(model, uri: str, url: str, images, load_seconds: float, work: Pa
     floor = min(timed(lambda: model.predict(images), 3))
     return [
         {
-            "figure": f"python -m predict, {len(images)} test digits (s)",
+            "figure": f"make predict, {len(images)} test digits (s)",
             "mlflow models serve": None,
             "in-process floor": round(floor, 3),
             "ratio": round(cli_seconds / floor, 1),

@@ -28,9 +28,8 @@ from mlflow_project_store.project_tools.cli import OneLineParser, number
 from mlflow_project_store.ready_for_mlflow.servers import (
     mlflow_server,
     moto_s3,
-    postgres,
-    postgres_binaries,
 )
+from tests.helpers.servers import postgres, postgres_binaries
 
 STORES = ("postgresql", "sqlite", "sqlite-file")
 

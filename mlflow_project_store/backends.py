@@ -143,38 +143,52 @@ def wait_for(submitted: SubmittedRun) -> SubmittedRun:
     return submitted
 
 
-def start_run(
-    backend: str, project_uri: str, version, entry_point: str, params: dict, experiment_id
-) -> tuple[str, Project, Run]:
-    """Fetch and check a ``docker_env`` project, then create its run (tagged ``docker``)."""
-    require_mlflow(backend)
-    work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
-    project = load_project(work_dir)
-    if not project.docker_env:
-        raise ExecutionException(
-            f"{backend} runs docker_env projects; {project_uri} has none: use --env-manager "
-            "local, uv or conda with the local backend"
-        )
-    validate_docker_env(project)
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        raise ExecutionException(
-            "no Docker daemon answers (docker info failed): start dockerd or Docker Desktop"
-        )
-    run = get_or_create_run(
-        None, project_uri, experiment_id, work_dir, version, entry_point, params
-    )
-    MlflowClient().set_tag(run.info.run_id, MLFLOW_PROJECT_ENV, "docker")
-    return work_dir, project, run
+class StoreBackend(AbstractBackend):
+    """What both backends do around their own ``launch``: fetch and check a ``docker_env``
+    project, create its run (tagged ``docker``), end it FAILED if launching fails (MLflow's own
+    backends leave it RUNNING), then wait for it."""
 
+    name = ""
 
-@contextmanager
-def failing_run(run: Run) -> Iterator[None]:
-    """A failure before the command runs (a build, a push) ends the run FAILED, not RUNNING."""
-    try:
-        yield
-    except BaseException:
-        MlflowClient().set_terminated(run.info.run_id, "FAILED")
-        raise
+    def run(
+        self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id
+    ):
+        require_mlflow(self.name)
+        work_dir = fetch_and_validate_project(project_uri, version, entry_point, params)
+        project = load_project(work_dir)
+        if not project.docker_env:
+            raise ExecutionException(
+                f"{self.name} runs docker_env projects; {project_uri} has none: use "
+                "--env-manager local, uv or conda with the local backend"
+            )
+        validate_docker_env(project)
+        if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
+            raise ExecutionException(
+                "no Docker daemon answers (docker info failed): start dockerd or Docker Desktop"
+            )
+        run = get_or_create_run(
+            None, project_uri, experiment_id, work_dir, version, entry_point, params
+        )
+        MlflowClient().set_tag(run.info.run_id, MLFLOW_PROJECT_ENV, "docker")
+        command = get_entry_point_command(
+            project, entry_point, params, backend_config[PROJECT_STORAGE_DIR]
+        )
+        try:
+            with signals_interrupt():
+                submitted = self.launch(work_dir, project, run, command, backend_config)
+        except Interrupted as stop:
+            MlflowClient().set_terminated(run.info.run_id, "KILLED")
+            raise ExecutionException(f"Run (ID '{run.info.run_id}') stopped by {stop}") from None
+        except BaseException:
+            MlflowClient().set_terminated(run.info.run_id, "FAILED")
+            raise
+        return wait_for(submitted)
+
+    def launch(
+        self, work_dir: str, project: Project, run: Run, command: list[str], config: dict
+    ) -> SubmittedRun:
+        """Build what the run needs and start ``command`` (MLflow's entry point command)."""
+        raise NotImplementedError
 
 
 def by_name(command: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -224,43 +238,34 @@ class ContainerRun(SubmittedRun):
             self.process.wait()
 
 
-class DockerBackend(AbstractBackend):
+class DockerBackend(StoreBackend):
     """``--backend store-docker``: see the module docstring."""
 
-    def run(
-        self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id
-    ):
-        work_dir, project, run = start_run(
-            "store-docker", project_uri, version, entry_point, params, experiment_id
-        )
+    name = "store-docker"
+
+    def launch(
+        self, work_dir: str, project: Project, run: Run, command: list[str], config: dict
+    ) -> SubmittedRun:
         run_id = run.info.run_id
         container = f"mlflow-{run_id}"
-        with failing_run(run):
-            image = build_image(
-                work_dir,
-                project.name,
-                project.docker_env["image"],
-                run_id,
-                backend_config[PROJECT_BUILD_IMAGE],
+        image = build_image(
+            work_dir, project.name, project.docker_env["image"], run_id, config[PROJECT_BUILD_IMAGE]
+        )
+        docker, values = by_name(
+            _get_docker_command(
+                image=DockerImage(image),
+                active_run=run,
+                docker_args=config[PROJECT_DOCKER_ARGS],
+                volumes=project.docker_env.get("volumes"),
+                user_env_vars=project.docker_env.get("environment"),
             )
-            docker, values = by_name(
-                _get_docker_command(
-                    image=DockerImage(image),
-                    active_run=run,
-                    docker_args=backend_config[PROJECT_DOCKER_ARGS],
-                    volumes=project.docker_env.get("volumes"),
-                    user_env_vars=project.docker_env.get("environment"),
-                )
-            )
-            entry = get_entry_point_command(
-                project, entry_point, params, backend_config[PROJECT_STORAGE_DIR]
-            )
-            command = [*docker[:3], "--name", container, *docker[3:], *shlex.split(entry[0])]
-            print(f"=== Running command '{shlex.join(command)}' in run {run_id} ===", flush=True)
-            process = subprocess.Popen(
-                command, cwd=work_dir, env={**os.environ, **values}, preexec_fn=die_with_parent
-            )
-        return wait_for(ContainerRun(run_id, process, container))
+        )
+        argv = [*docker[:3], "--name", container, *docker[3:], *shlex.split(command[0])]
+        print(f"=== Running command '{shlex.join(argv)}' in run {run_id} ===", flush=True)
+        process = subprocess.Popen(
+            argv, cwd=work_dir, env={**os.environ, **values}, preexec_fn=die_with_parent
+        )
+        return ContainerRun(run_id, process, container)
 
 
 class DockerImage:
@@ -308,44 +313,36 @@ def kubernetes_config(backend_config: dict, work_dir: str) -> dict:
     return {**backend_config, "kube-job-template": job}
 
 
-class KubernetesBackend(AbstractBackend):
+class KubernetesBackend(StoreBackend):
     """``--backend store-kubernetes``: see the module docstring."""
 
-    def run(
-        self, project_uri, entry_point, params, version, backend_config, tracking_uri, experiment_id
-    ):
-        work_dir, project, run = start_run(
-            "store-kubernetes", project_uri, version, entry_point, params, experiment_id
-        )
+    name = "store-kubernetes"
+
+    def launch(
+        self, work_dir: str, project: Project, run: Run, command: list[str], config: dict
+    ) -> SubmittedRun:
         run_id = run.info.run_id
-        with failing_run(run):
-            config = kubernetes_config(backend_config, work_dir)
-            job = config["kube-job-template"]
-            context = config.get("kube-context") or "the current context"
-            print(
-                f"=== Submitting to kube context {context}, namespace "
-                f"{job['metadata'].get('namespace', 'default')} ===",
-                flush=True,
-            )
-            image = build_image(
-                work_dir,
-                config["repository-uri"],
-                project.docker_env["image"],
-                run_id,
-                backend_config[PROJECT_BUILD_IMAGE],
-            )
-            digest = mlflow_kubernetes.push_image_to_registry(image)
-            submitted = mlflow_kubernetes.run_kubernetes_job(
-                project.name,
-                run,
-                image,
-                digest,
-                get_entry_point_command(
-                    project, entry_point, params, backend_config[PROJECT_STORAGE_DIR]
-                ),
-                get_run_env_vars(run_id=run_id, experiment_id=run.info.experiment_id),
-                config.get("kube-context"),
-                job,
-            )
-        handle = JobRun(run_id, submitted._job_name, submitted._job_namespace)
-        return wait_for(handle)
+        kube = kubernetes_config(config, work_dir)
+        job = kube["kube-job-template"]
+        context = kube.get("kube-context") or "the current context"
+        namespace = job["metadata"].get("namespace", "default")
+        print(f"=== Submitting to kube context {context}, namespace {namespace} ===", flush=True)
+        image = build_image(
+            work_dir,
+            kube["repository-uri"],
+            project.docker_env["image"],
+            run_id,
+            config[PROJECT_BUILD_IMAGE],
+        )
+        digest = mlflow_kubernetes.push_image_to_registry(image)
+        submitted = mlflow_kubernetes.run_kubernetes_job(
+            project.name,
+            run,
+            image,
+            digest,
+            command,
+            get_run_env_vars(run_id=run_id, experiment_id=run.info.experiment_id),
+            kube.get("kube-context"),
+            job,
+        )
+        return JobRun(run_id, submitted._job_name, submitted._job_namespace)

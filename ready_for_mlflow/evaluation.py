@@ -122,7 +122,7 @@ def experiment_of(client: MlflowClient, version: ModelVersion) -> str:
 
 def evaluate(client: MlflowClient, version: ModelVersion, gate: Gate, data: Dataset) -> Evaluation:
     """Evaluate ``version`` on ``data`` in a new evaluation run linked to it."""
-    # Checked like `python -m predict`: no pickled code runs, skops and pt2 models load.
+    # Checked like `make predict`: no pickled code runs, skops and pt2 models load.
     model = load_model(f"models:/{version.name}/{version.version}")
     model_id = logged_model_id(version)
     tags = {

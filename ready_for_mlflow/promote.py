@@ -1,6 +1,7 @@
 """Move a registered model's ``champion`` alias to a version only when it passes its evaluation.
 
-    python -m ready_for_mlflow.promote mnist 4            (or: make promote MODEL=mnist VERSION=4)
+    make promote MODEL=mnist VERSION=4
+    (python -m mlflow_project_store.ready_for_mlflow.promote mnist 4)
 
 The version is evaluated with ``mlflow.models.evaluate`` on the held-out data of its kind
 (ready_for_mlflow/evaluation.py), in an evaluation run linked to it. MLflow's validation then

@@ -1,6 +1,6 @@
 """Screenshots of the MLflow UI from real runs, in a real browser (`make screenshots`).
 
-    python -m ready_for_mlflow.screenshots [OUTPUT_DIR] [--quick]
+    python -m mlflow_project_store.ready_for_mlflow.screenshots [OUTPUT_DIR] [--quick]
 
 1. A fresh tracking server: ``mlflow server`` on a new SQLite store, artifacts proxied to a
    local S3 endpoint (ready_for_mlflow/servers.py), in a temporary folder.

@@ -1,14 +1,17 @@
-"""Local servers on loopback: an S3 endpoint (moto), PostgreSQL, `mlflow server`, and the image
-registry that Kubernetes pods pull from (Debian's docker-registry).
+"""Local servers on loopback: an S3 endpoint (moto), `mlflow server`, and the image registry
+that Kubernetes pods pull from (Debian's docker-registry).
 
-Every process starts in its own process group and is stopped with its children in teardown.
-Only the *server* gets S3 credentials: clients reach artifacts through the server's proxy.
+Every process starts in its own process group and is stopped with its children. Only the
+*server* gets S3 credentials: clients reach artifacts through the server's proxy.
 
-The tests use the context managers below; `make server`, `make server-stop`, `make registry`
-and `make registry-stop` use the same code through the command line at the end of this module::
+`make server`, `make server-stop`, `make registry` and `make registry-stop` run the command
+line at the end of this module; `make screenshots` and the tests start the same servers with
+the context managers (the tests' own servers, PostgreSQL among them, are in
+tests/helpers/servers.py)::
 
-    python -m ready_for_mlflow.servers start|stop [--port N --s3-port N ...]
-    python -m ready_for_mlflow.servers registry start|stop [--port N --state DIR]
+    python -m mlflow_project_store.ready_for_mlflow.servers start|stop [--port N --s3-port N ...]
+    python -m mlflow_project_store.ready_for_mlflow.servers registry start|stop [--port N]
+        [--state DIR]
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -247,48 +249,6 @@ def mlflow_server(
         stop(process)
 
 
-def postgres_binaries() -> Path | None:
-    """The folder holding initdb and pg_ctl (PATH first, then Debian's versioned folders)."""
-    if shutil.which("initdb") and shutil.which("pg_ctl"):
-        return Path(shutil.which("pg_ctl")).parent
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return found[-1].parent if found else None
-
-
-@contextmanager
-def postgres(bin_dir: Path, user: str = "mlflow", password: str = "local-test") -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free loopback port; yields a SQLAlchemy URI.
-
-    PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` user.
-    """
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    data = Path(tempfile.mkdtemp(prefix="mlflow-pg-"))
-    port = free_port()
-    try:
-        (data / "pw").write_text(password)
-        if as_user:
-            shutil.chown(data, "postgres")
-            shutil.chown(data / "pw", "postgres")
-        cluster = data / "cluster"
-        run = [*as_user, str(bin_dir / "initdb"), "-D", str(cluster), "-U", user]
-        subprocess.run(
-            [*run, f"--pwfile={data / 'pw'}", "--auth=scram-sha-256"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        options = f"-c listen_addresses={HOST} -p {port} -k {data}"
-        pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(cluster), "-l", str(data / "log")]
-        subprocess.run([*pg_ctl, "-o", options, "-w", "-t", "60", "start"], check=True, timeout=90)
-        try:
-            uri = f"postgresql+psycopg2://{user}:{password}@{HOST}:{port}/postgres"
-            yield uri
-        finally:
-            subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=False, timeout=60)
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
-
-
 def registry_config(storage: Path, port: int) -> str:
     """docker-registry's configuration: layers in ``storage``, HTTP on loopback ``port``."""
     return (
@@ -304,17 +264,6 @@ def start_registry(port: int, storage: Path, workdir: Path) -> subprocess.Popen:
     config.write_text(registry_config(storage, port))
     command = ["docker-registry", "serve", str(config)]
     return launch(command, workdir / "registry.log", f"http://{HOST}:{port}/v2/", timeout=30)
-
-
-@contextmanager
-def docker_registry(workdir: Path, storage: Path) -> Iterator[str]:
-    """:func:`start_registry` on a free port; yields its address, ``host:port``."""
-    port = free_port()
-    process = start_registry(port, storage, workdir)
-    try:
-        yield f"{HOST}:{port}"
-    finally:
-        stop(process)
 
 
 # The command line of `make server` / `make server-stop`. Each setting is an option whose default

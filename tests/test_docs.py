@@ -100,6 +100,24 @@ def test_korean_readme_has_the_english_commands() -> None:
     assert not korean - english, f"in README.ko.md only: {sorted(korean - english)}"
 
 
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*%?")
+
+
+def table_numbers(text: str) -> list[list[str]]:
+    """The numbers of each table row (header and separator rows too), in order."""
+    prose, _ = prose_and_code(text)
+    return [NUMBER.findall(line) for line in prose if line.lstrip().startswith("|")]
+
+
+def test_korean_readme_has_the_english_figures() -> None:
+    """A translated table holds the same numbers, row by row (a figure updated in one README
+    only shows here)."""
+    english = table_numbers(ENGLISH.read_text(encoding="utf-8"))
+    korean = table_numbers(KOREAN.read_text(encoding="utf-8"))
+    assert english, "README.md has no table"
+    assert korean == english
+
+
 def test_readmes_link_to_each_other() -> None:
     assert "README.ko.md" in links(ENGLISH)[:3]
     assert "README.md" in links(KOREAN)[:3]

@@ -24,13 +24,12 @@ from mlflow_project_store.ready_for_mlflow.servers import (
     TrackingServer,
     free_port,
     mlflow_server,
-    postgres,
-    postgres_binaries,
     running,
 )
 from tests.helpers.commands import make, run_project
 from tests.helpers.components import require
 from tests.helpers.heldout import mnist_accuracy
+from tests.helpers.servers import postgres, postgres_binaries
 
 TINY = {"epochs": 1, "batch_size": 128}
 pytestmark = pytest.mark.server

@@ -1,8 +1,8 @@
 """`make validate`: the shipped projects pass, and each kind of broken file is named.
 
-The broken cases run mlflow_project_store.validate's ``main`` in this process (the command line itself is
-`make validate`, above) on a copy of ``projects/`` and ``example/`` (links kept as links, so
-they resolve inside the copy), one file broken per case.
+The broken cases run mlflow_project_store.validate's ``main`` in this process (the command line
+itself is `make validate`, above) on a copy of ``projects/`` and ``example/`` (links kept as
+links, so they resolve inside the copy), one file broken per case.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Predict with a logged or registered MLflow model: ``python -m predict MODEL_URI INPUT``."""
+"""Predict with a logged or registered MLflow model: ``make predict``
+(``python -m mlflow_project_store.predict MODEL_URI INPUT``)."""

@@ -1,8 +1,8 @@
 """Load a model by any MLflow model URI and predict digits or table rows.
 
-    python -m predict models:/mnist@champion digits/        # PNG/JPEG folder
-    python -m predict runs:/<run id>/model t10k-images-idx3-ubyte.gz
-    python -m predict models:/diabetes/3 rows.csv --output out.csv
+    python -m mlflow_project_store.predict models:/mnist@champion digits/        # PNG/JPEG folder
+    python -m mlflow_project_store.predict runs:/<run id>/model t10k-images-idx3-ubyte.gz
+    python -m mlflow_project_store.predict models:/diabetes/3 rows.csv --output out.csv
 
 The model comes from the tracking server in MLFLOW_TRACKING_URI. The input is checked
 first, then sent through the model --batch-size at a time (memory stays bounded whatever

@@ -1,7 +1,7 @@
 """Post digit images to a model served by `mlflow models serve` and print the digits.
 
     make serve MODEL=models:/mnist@champion          # in one terminal (port 5003)
-    python -m predict.rest_client http://127.0.0.1:5003 digits/
+    python -m mlflow_project_store.predict.rest_client http://127.0.0.1:5003 digits/
 
 The images are read like the predict CLI reads them (folder, PNG/JPEG file or IDX file),
 checked first, and sent --batch-size at a time as JSON, {"inputs": [...]}, to

@@ -1,6 +1,7 @@
-"""Serve a model over REST, refusing pickled models as ``python -m predict`` does.
+"""Serve a model over REST, refusing pickled models as ``make predict`` does.
 
-    python -m predict.serve MODEL_URI [--port 5003] [--host 127.0.0.1] [--allow-pickle]
+    python -m mlflow_project_store.predict.serve MODEL_URI [--port 5003] [--host 127.0.0.1]
+        [--allow-pickle]
 
 `mlflow models serve` alone loads whatever the model holds. This fetches the model once, checks
 that copy with predict.safety, then becomes `mlflow models serve` of the same copy, with

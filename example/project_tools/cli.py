@@ -34,20 +34,29 @@ class OneLineParser(argparse.ArgumentParser):
 
     def use_mlproject_defaults(self, module_file: str, entry_point: str = "main") -> None:
         """Give each argument the default that ``entry_point`` declares for the parameter of
-        the same name in the MLproject of the project holding ``module_file``. The defaults
-        are the strings MLflow passes, so each is checked by its argument's type too."""
+        the same name in the MLproject of the project holding the code of ``module_file``
+        (links resolved: a project that links to this code states the same entry points). The
+        defaults are the strings MLflow passes, so each is checked by its argument's type too.
+        An optional argument that gets no default stops here, in one line."""
         try:
-            defaults = mlproject_defaults(Path(module_file), entry_point)
+            mlproject, defaults = mlproject_defaults(Path(module_file).resolve(), entry_point)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             fail(self.prog, f"cannot read the defaults of entry point {entry_point!r}: {exc}")
         # argparse keeps its arguments in _actions: the one list of every argument's dest.
-        known = {action.dest for action in self._actions}
-        self.set_defaults(**{name: value for name, value in defaults.items() if name in known})
+        options = [a for a in self._actions if a.option_strings and a.dest != "help"]
+        self.set_defaults(**{a.dest: defaults[a.dest] for a in options if a.dest in defaults})
+        for action in options:
+            if action.default is None and not action.required:
+                fail(
+                    self.prog,
+                    f"{mlproject} declares no default for parameter {action.dest!r} of entry "
+                    f"point {entry_point!r}: expected one for each of its parameters",
+                )
 
 
-def mlproject_defaults(module_file: Path, entry_point: str = "main") -> dict[str, str]:
-    """The defaults of ``entry_point``'s parameters in the MLproject of the nearest folder above
-    ``module_file`` that holds one, as the strings MLflow puts into the command."""
+def mlproject_defaults(module_file: Path, entry_point: str = "main") -> tuple[Path, dict[str, str]]:
+    """The MLproject of the nearest folder above ``module_file`` that holds one, and the
+    defaults of ``entry_point``'s parameters there, as the strings MLflow puts into the command."""
     import yaml
 
     found = (folder / "MLproject" for folder in module_file.parents)
@@ -56,7 +65,7 @@ def mlproject_defaults(module_file: Path, entry_point: str = "main") -> dict[str
         raise FileNotFoundError(f"no MLproject file in a folder above {module_file}")
     spec = yaml.safe_load(mlproject.read_text())
     parameters = spec["entry_points"][entry_point].get("parameters") or {}
-    return {
+    return mlproject, {
         name: str(param["default"])
         for name, param in parameters.items()
         if isinstance(param, dict) and "default" in param

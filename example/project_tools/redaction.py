@@ -1,8 +1,7 @@
 """Mask credentials in text: the values of credential variables and passwords in URLs.
 
-Free of MLflow, so that any tool can import it first: project_tools.secrets (the MLflow
-plugin that applies it to every log record of `mlflow` commands) imports MLflow, whose plugin
-registry would import that module again half-initialized.
+Free of MLflow and of the rest of the repository: `make store` and the make targets mask what
+they print with it before anything heavy is imported.
 """
 
 from __future__ import annotations

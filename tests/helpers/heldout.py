@@ -14,7 +14,7 @@ from mlflow_project_store.predict.safety import load_model as load_checked
 
 
 def load_model(model_uri: str) -> PyFuncModel:
-    """Load a logged model as `python -m predict` does: pt2 and skops models load with
+    """Load a logged model as `make predict` does: pt2 and skops models load with
     MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false, pickled ones are refused (predict.safety)."""
     return load_checked(model_uri)
 
@@ -44,4 +44,4 @@ HELDOUT: dict[str, Callable[[PyFuncModel], float]] = {
     "mnist-flat": mnist_flat_accuracy,
     "diabetes": diabetes_r2,
 }
-assert set(HELDOUT) == set(HELDOUT_NAMES), "scaffold.layout.HELDOUT lists the scorers above"
+assert set(HELDOUT) == set(HELDOUT_NAMES), "layout.HELDOUT lists the scorers above"

@@ -19,12 +19,11 @@ from mlflow_project_store.ready_for_mlflow.servers import (
     S3,
     client_env,
     mlflow_server,
-    postgres,
-    postgres_binaries,
 )
 from mnist.tracking import LOG_EVERY_STEPS
 from tests.helpers.commands import mlflow_run
 from tests.helpers.components import require
+from tests.helpers.servers import postgres, postgres_binaries
 
 MNIST_CONDA = PROJECTS / "mnist-conda"
 SAMPLE = ROOT / "example" / "data_loader" / "mnist_sample"

@@ -68,6 +68,17 @@ def evaluate(
     return loss / count, correct / count
 
 
+def optimizer_and_schedule(
+    parameters, learning_rate: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's AdamW and its one-cycle schedule, peaking at ``learning_rate``."""
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=learning_rate, total_steps=total_steps, pct_start=WARMUP_FRACTION
+    )
+    return optimizer, scheduler
+
+
 class NonFiniteLoss(ArithmeticError):
     """The training loss became NaN or infinite: the run cannot recover from it."""
 
@@ -108,12 +119,8 @@ def fit(
     Raise :class:`NonFiniteLoss` as soon as a step's loss is NaN or infinite.
     """
     model = DigitNet().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=learning_rate,
-        total_steps=epochs * len(train_loader),
-        pct_start=WARMUP_FRACTION,
+    optimizer, scheduler = optimizer_and_schedule(
+        model.parameters(), learning_rate, epochs * len(train_loader)
     )
     # The shuffle order gets a generator of its own: the DataLoader also draws worker seeds
     # from its generator, once per iterator, which a resumed process would do differently.

@@ -1,4 +1,4 @@
-"""Test-only fault: one rank of mnist_ddp.train raises mid-training, as a bug in it would.
+"""Test-only fault: one rank of mnist.distributed.train raises mid-training, as a bug in it would.
 
 Python imports ``sitecustomize`` at start-up from the first folder of its path that has one;
 tests/helpers/ddp.py's ``failing_rank_env`` puts this folder first on PYTHONPATH. Every Python

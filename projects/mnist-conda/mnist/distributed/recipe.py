@@ -25,11 +25,10 @@ from tqdm import tqdm
 from ..model import DigitNet, random_affine
 from ..recipe import (
     LABEL_SMOOTHING,
-    WARMUP_FRACTION,
-    WEIGHT_DECAY,
     EpochResult,
     NonFiniteLoss,
     evaluate,
+    optimizer_and_schedule,
 )
 
 EVAL_BATCH = 1000
@@ -122,12 +121,8 @@ def fit(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
     )
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=learning_rate, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=learning_rate,
-        total_steps=epochs * len(loader),
-        pct_start=WARMUP_FRACTION,
+    optimizer, scheduler = optimizer_and_schedule(
+        ddp.parameters(), learning_rate, epochs * len(loader)
     )
     step = 0
     for epoch in range(1, epochs + 1):

@@ -181,8 +181,9 @@ class Stopper:
 
     def _watch(self) -> None:
         while not self._done.wait(POLL_SECONDS):
+            # A launcher that ended is gone even while its own parent has yet to reap it.
             gone = os.getppid() != self._parent or any(
-                (_stat(pid) or ("", 0, ""))[2] != started for pid, started in self._watched
+                not _running(pid, started) for pid, started in self._watched
             )
             if gone:
                 if self.signum is None:
@@ -219,7 +220,7 @@ class Stopper:
         """Once the run is recorded KILLED: end a still-waiting ``mlflow run`` before its own
         status check overwrites KILLED with FAILED (mlflow 3.17.2, docs/upstream.md)."""
         for pid, started in self._watched:
-            if (_stat(pid) or ("", 0, ""))[2] == started and is_mlflow_run(pid):
+            if _running(pid, started) and is_mlflow_run(pid):
                 with suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
 

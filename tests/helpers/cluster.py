@@ -123,8 +123,9 @@ class JobCluster(ThreadingHTTPServer):
     def create(self, manifest: dict) -> Job:
         job = Job(manifest, started=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         image = container_of(manifest)["image"]
-        tag = image.split("@")[0]
-        subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)  # pull it back
+        # The kubelet pulls the image by digest: from the registry, which must hold it.
+        pulled = subprocess.run(["docker", "pull", "-q", image], capture_output=True, text=True)
+        assert pulled.returncode == 0, f"the registry has no {image}: {pulled.stderr}"
         for name, command in pod_commands(manifest, self.secrets):
             log = self.workdir / f"{name}.log"
             with log.open("w") as out:

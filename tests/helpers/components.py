@@ -59,3 +59,12 @@ def require_chromium() -> str:
     found = chromium()
     require("Chromium", found is not None, "apt-get install chromium")
     return found or ""
+
+
+def remove_images(repository: str) -> None:
+    """Remove every local image of ``repository`` (whatever its tags), made by a test."""
+    listed = subprocess.run(
+        ["docker", "image", "ls", "--quiet", repository], capture_output=True, text=True
+    )
+    if ids := sorted(set(listed.stdout.split())):
+        subprocess.run(["docker", "rmi", "--force", *ids], capture_output=True, check=False)

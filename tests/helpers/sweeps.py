@@ -1,15 +1,12 @@
-"""Sweeps (projects/mnist-sweep) in tests: a stand-in trial project, a stand-in cluster, and
-reading a sweep's runs back.
+"""Sweeps (projects/mnist-sweep) in tests: a stand-in trial project, and reading a sweep's runs
+back.
 
 The stand-in project (tests/projects/stand-in-trial) is a real MLflow project whose trial takes
 a second: it logs a metric computed from its learning rate, or fails, or waits, as its
 ``behaviour`` parameter says. It exercises what the sweep does with trials (failures, Ctrl-C)
 without training anything.
 
-The stand-in cluster replaces only what needs a cluster: MLflow's Kubernetes backend renders
-and submits each trial's Job with its own code, the "cluster" keeps the Job, logs the pod's
-metric to the trial's run and reports the Job complete. The image build and push are replaced
-too (no Docker needed), and recorded.
+(The sweep's Kubernetes trials run on the stand-in cluster of tests/helpers/cluster.py.)
 """
 
 from __future__ import annotations
@@ -21,23 +18,19 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from mlflow_project_store.layout import PROJECTS
-from tests.helpers.cluster import container_of
 from tests.helpers.commands import VENV_BIN, mlflow_run_command, mlflow_run_env
 
 SWEEP_PROJECT = PROJECTS / "mnist-sweep"
 PARENT_TAG = "mlflow.parentRunId"
-FAKE_DIGEST = "sha256:" + "cd" * 32
 
 STAND_INS = Path(__file__).parents[1] / "projects"
 
@@ -128,11 +121,6 @@ def interrupted_sweep(
             process.wait(timeout=30)
 
 
-def container_env(job: dict) -> dict[str, str | None]:
-    """The literal env values of a Job's container (Secret refs as None)."""
-    return {item["name"]: item.get("value") for item in container_of(job)["env"]}
-
-
 def wait_until(condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -164,59 +152,3 @@ def sweep_runs(tracking_uri: str, experiment: str) -> SweepRuns:
     children = [run for run in runs if run.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
     assert len(children) == len(runs) - 1, "a run that is neither the sweep nor its trial"
     return SweepRuns(parents[0], children)
-
-
-@dataclass
-class StandInCluster:
-    """What the sweep sent a Kubernetes cluster and Docker: Jobs, image builds and pushes."""
-
-    tracking_uri: str
-    jobs: list[dict] = field(default_factory=list)
-    builds: list[dict] = field(default_factory=list)
-    pushes: list[str] = field(default_factory=list)
-
-    def build_docker_image(self, work_dir, repository_uri, base_image, run_id, build_image, **_):
-        from mlflow.projects.docker import _get_docker_image_uri
-
-        self.builds.append({"work_dir": work_dir, "base_image": base_image, "build": build_image})
-        tag = _get_docker_image_uri(repository_uri, work_dir) if build_image else base_image
-        return SimpleNamespace(tags=[tag], id="sha256:" + "ef" * 32)
-
-    def push_image_to_registry(self, tag: str) -> str:
-        self.pushes.append(tag)
-        return FAKE_DIGEST
-
-    def batch_api(self) -> SimpleNamespace:
-        """A BatchV1Api whose Jobs complete at once, the pod having logged its metric."""
-
-        def create_namespaced_job(namespace, body, pretty=None):
-            self.jobs.append(body)
-            run_id = container_env(body)["MLFLOW_RUN_ID"]
-            client = MlflowClient(self.tracking_uri)
-            learning_rate = float(client.get_run(run_id).data.params["learning_rate"])
-            client.log_metric(run_id, "val_accuracy", stand_in_score(learning_rate))
-
-        def read_namespaced_job_status(name, namespace, pretty=None):
-            complete = SimpleNamespace(status="True", type="Complete", message="done")
-            return SimpleNamespace(status=SimpleNamespace(start_time=1, conditions=[complete]))
-
-        return SimpleNamespace(
-            create_namespaced_job=create_namespaced_job,
-            read_namespaced_job_status=read_namespaced_job_status,
-        )
-
-    @contextmanager
-    def installed(self) -> Iterator[StandInCluster]:
-        patches = [
-            mock.patch("mlflow.projects.docker.build_docker_image", self.build_docker_image),
-            mock.patch("mlflow.projects.docker.validate_docker_installation", lambda: None),
-            mock.patch(
-                "mlflow.projects.kubernetes.push_image_to_registry", self.push_image_to_registry
-            ),
-            mock.patch("kubernetes.config.load_kube_config", lambda context=None: None),
-            mock.patch("kubernetes.client.BatchV1Api", self.batch_api),
-        ]
-        with ExitStack() as stack:
-            for patch in patches:
-                stack.enter_context(patch)
-            yield self

@@ -16,7 +16,7 @@ TOOL := $(RUN_ENV) $(BIN)/python -m mlflow_project_store
 # uses by default from this folder). Every target that records or reads prints it first
 # (`store`, its password masked) and, for a server, checks in seconds that it answers.
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
-run ui sweep run-docker run-k8s store promote serve predict: export MLFLOW_TRACKING_URI := $(TRACKING_URI)
+run ui sweep run-docker run-k8s store reproduce promote serve predict: export MLFLOW_TRACKING_URI := $(TRACKING_URI)
 STORE = @$(TOOL).store --prog "make $@"
 PROJECT ?= projects/mnist-conda
 ENV_MANAGER ?= local
@@ -33,6 +33,7 @@ TEMPLATE ?= pytorch
 TRIALS ?= 8
 PARALLEL ?= 2
 DEST ?=
+RUN ?=
 
 # Containers. BASE_IMAGE: the official python:3.11-slim, or where only the stand-in that
 # `make base-image` builds from Debian packages is present (no Docker Hub), that one.
@@ -55,11 +56,11 @@ STATE := $(CURDIR)/.run
 # The projects the tools work on: this folder's (the tools may be installed from another clone).
 PROJECTS_DIR := $(CURDIR)/projects
 run-k8s: export KUBE_MLFLOW_TRACKING_URI := $(or $(KUBE_TRACKING_URI),$(TRACKING_URI))
-export PROJECT DEST ENV_MANAGER NAME VARIANTS TEMPLATE TRIALS PARALLEL MODEL BASE_IMAGE \
+export PROJECT DEST RUN DOCKER_RUN_ARGS ENV_MANAGER NAME VARIANTS TEMPLATE TRIALS PARALLEL MODEL BASE_IMAGE \
   DOCKER_PROJECT K8S_PROJECT ENTRY_POINT REGISTRY KUBE_CONTEXT REGISTRY_PORT STATE PROJECTS_DIR
 
 .PHONY: help setup run ui test test-all lint benchmark screenshots clean sweep new-project \
-	validate export store docker-images run-docker run-k8s registry registry-stop base-image
+	validate export reproduce store docker-images run-docker run-k8s registry registry-stop base-image
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -126,6 +127,10 @@ validate: setup ## Check every project under projects/ (MLproject, env, Dockerfi
 
 export: setup ## Copy PROJECT into DEST as a folder that runs on its own (links become copies)
 	@$(TOOL).export
+
+reproduce: setup ## Run RUN (a run id, or models:/name@alias) again from its commit; compare the metrics
+	$(STORE) --check
+	@$(TOOL).reproduce
 
 store: setup ## Print the tracking store that the targets use (TRACKING_URI rule above)
 	$(STORE)

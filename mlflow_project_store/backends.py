@@ -69,6 +69,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
 from mlflow_project_store.images import build_image
+from mlflow_project_store.project_tools.tracking import git_source_tags
 
 WRITTEN_FOR = "3.17.2"  # the mlflow version whose undocumented names this module calls
 PR_SET_PDEATHSIG = 1
@@ -169,7 +170,9 @@ class StoreBackend(AbstractBackend):
         run = get_or_create_run(
             None, project_uri, experiment_id, work_dir, version, entry_point, params
         )
-        MlflowClient().set_tag(run.info.run_id, MLFLOW_PROJECT_ENV, "docker")
+        tags = {MLFLOW_PROJECT_ENV: "docker", **git_source_tags(work_dir)}  # none in a container
+        for key, value in tags.items():
+            MlflowClient().set_tag(run.info.run_id, key, value)
         command = get_entry_point_command(
             project, entry_point, params, backend_config[PROJECT_STORAGE_DIR]
         )

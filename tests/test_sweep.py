@@ -223,14 +223,15 @@ def test_kubernetes_trials_are_jobs_that_the_cluster_runs(
         "trials": 3,
         "max_parallel": 2,
     }
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
     with job_cluster(tmp_path) as (cluster, kubeconfig):
+        # In a process of its own: the kubernetes client reads KUBECONFIG when it is imported.
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         try:
-            assert sweep_here(params, tmp_path, monkeypatch) == 0
+            result = run_sweep(tracking_server.url, "sweep", params, tmp_path)
         finally:  # the image built for the stand-in project, not needed again
             remove_images(f"{registry}/stand-in-trial")
         jobs = list(cluster.jobs.values())
+    assert result.returncode == 0, result.stderr[-3000:]
     runs = sweep_runs(tracking_server.url, "sweep")
     assert runs.parent.info.status == "FINISHED"
     assert len(runs.children) == 3 and len(jobs) == 3

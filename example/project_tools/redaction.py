@@ -16,8 +16,11 @@ SECRET_NAME = re.compile(
     r"|CREDENTIAL",
     re.IGNORECASE,
 )
-# user:password@ in a URL (a tracking URI or a database URI).
-URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://[^/@\s:]+):[^/@\s]+@")
+# user:password@ in a URL (a tracking URI or a database URI). A password may hold "@": it runs
+# to the last "@" before the host, which has none.
+URL_PASSWORD = re.compile(
+    r"(?P<scheme>[A-Za-z][\w+.-]*://[^/@\s:]+):[^/\s]*@(?=[^@/\s]*(?:[/\s]|$))"
+)
 MASK = "***"
 
 

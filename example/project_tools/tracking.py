@@ -1,15 +1,20 @@
-"""A quick look at the tracking server before any work.
+"""A quick look at the tracking server before any work, and where a run's code came from.
 
 MLflow's HTTP client retries a refused connection for minutes (the long retry that lets a run
 survive a server restarted mid-training). At start that only hides a typo or a server that was
 never started, so each entry point and tool asks the server once, briefly, and stops with one
 line naming the URI (its password masked) when it does not answer.
+
+`mlflow run` records a run's git commit, but not whether the tree had changes that the commit
+does not hold: :func:`record_source` adds that, so that `make reproduce` can tell whether the
+commit re-creates the run.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +26,8 @@ from .redaction import redact
 
 # Seconds to wait for the server's /health answer at start.
 START_TIMEOUT = 10.0
+# MLflow's name for it (mlflow.utils.mlflow_tags.MLFLOW_GIT_DIRTY), which `mlflow run` leaves unset.
+DIRTY_TAG = "mlflow.source.git.dirty"
 
 
 def shown_store() -> str:
@@ -78,3 +85,25 @@ def require_tracking_server(prog: str, uri: str | None = None) -> None:
             "MLFLOW_TRACKING_URI to a running one",
             status=1,
         )
+
+
+def git_source_tags(folder: str = ".") -> dict[str, str]:
+    """Whether the git repository holding ``folder`` has uncommitted changes (untracked files
+    too); {} outside a git work tree (a container, an exported copy that is not a repository)
+    or without git."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=folder, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if status.returncode != 0:
+        return {}
+    return {DIRTY_TAG: "true" if status.stdout.strip() else "false"}
+
+
+def record_source() -> None:
+    """Tag the active run with :func:`git_source_tags` of the current folder (where `mlflow run`
+    starts the entry point: the project folder)."""
+    if tags := git_source_tags():
+        mlflow.set_tags(tags)

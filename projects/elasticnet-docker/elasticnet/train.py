@@ -14,7 +14,7 @@ import sys
 
 from project_tools.cli import OneLineParser, model_name, number, seed
 from project_tools.docker_guard import require_kept_artifacts
-from project_tools.tracking import require_tracking_server
+from project_tools.tracking import record_source, require_tracking_server
 
 PROG = "elasticnet.train"
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     x_train, x_test, y_train, y_test = load_diabetes_split(seed=args.seed)
     model = ElasticNet(alpha=args.alpha, l1_ratio=args.l1_ratio, random_state=args.seed)
     with mlflow.start_run() as run:
+        record_source()
         model.fit(x_train, y_train)
         predicted = model.predict(x_test)
         metrics = {

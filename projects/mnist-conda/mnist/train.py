@@ -18,7 +18,7 @@ from pathlib import Path
 from project_tools.cli import OneLineParser, boolean, fail, folder, model_name, number, seed
 from project_tools.docker_guard import require_kept_artifacts
 from project_tools.lifecycle import Stopper
-from project_tools.tracking import require_tracking_server, shown_store
+from project_tools.tracking import record_source, require_tracking_server, shown_store
 
 BUNDLED = "bundled"
 PROG = "mnist.train"
@@ -229,6 +229,7 @@ def train(args: argparse.Namespace, stopper: Stopper) -> int:
                 }
             )
             log_datasets(train_full, test)
+            record_source()
         else:
             mlflow.set_tag("resumed_at_step", resume["step"])
             link_launcher_run(run_id)

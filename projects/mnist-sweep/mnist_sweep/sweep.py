@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
 
     from project_tools.registry import RegistryError
-    from project_tools.tracking import shown_store
+    from project_tools.tracking import record_source, shown_store
 
     from .history import RegisterError
     from .search import AllTrialsFailed
@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.end_run(status)
 
     with interruptible() as stopper, tempfile.TemporaryDirectory(prefix="sweep-") as workdir:
-        run = mlflow.get_run(mlflow.start_run().info.run_id)
+        mlflow.start_run()
+        record_source()
+        run = mlflow.get_run(mlflow.active_run().info.run_id)
         try:
             best = search_and_record(args, run, Path(workdir), started)
         except KeyboardInterrupt:

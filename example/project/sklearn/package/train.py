@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_loader import load_mnist_arrays
     from project_tools.registry import RegistryError, register_candidate
-    from project_tools.tracking import shown_store
+    from project_tools.tracking import record_source, shown_store
 
     # (2) The bundled sample through the data_loader link, as numpy (no torch): uint8 images
     # (N, 28, 28) flattened to N rows of 784 float pixels in [0, 1].
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # (3) `mlflow run` starts the run and passes its id in MLFLOW_RUN_ID: start_run() resumes
     # it (run directly, it starts a new one).
     with mlflow.start_run() as run:
+        record_source()  # the commit's state: what `make reproduce` needs
         # `mlflow run` has logged the -P values as typed (1e-3 stays "1e-3"), and MLflow
         # refuses to change a logged param: log the others only, and what it cannot know.
         new = {k: v for k, v in vars(args).items() if k not in run.data.params and v != ""}

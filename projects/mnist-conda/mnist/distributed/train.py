@@ -248,7 +248,7 @@ def record_rank_zero(
     import mlflow
 
     from project_tools.registry import RegistryError, register_candidate
-    from project_tools.tracking import shown_store
+    from project_tools.tracking import record_source, shown_store
 
     from ..tracking import (
         TrackingError,
@@ -288,6 +288,7 @@ def record_rank_zero(
             }
         )
         log_datasets(digits.full_train, digits.test)
+        record_source()
         with metrics_sent_at_exit():
             model, test_metrics = train_and_test(
                 args, ranks, device, digits, log_step_loss, on_epoch

@@ -74,7 +74,9 @@ def test_a_sweep_trial_registered_as_a_model_is_reproduced_exactly(
     trial = MlflowClient(tracking_uri).get_model_version_by_alias("repro", "candidate").run_id
     result = reproduce("models:/repro@candidate", tracking_uri)
     before, copy = assert_reproduced(result, tracking_uri, trial)
-    assert copy.data.tags["mlflow.source.name"] == f"{git_store.url}#projects/mnist-conda"
+    # The trial project is the sweep's link to mnist-conda: the clone at the commit holds it too.
+    source = f"{git_store.url}#projects/mnist-sweep/mnist-conda"
+    assert copy.data.tags["mlflow.source.name"] == source
     assert copy.data.metrics["test_accuracy"] == before.data.metrics["test_accuracy"] > 0.8
 
 

@@ -17,8 +17,9 @@ Beyond that, ``store-docker`` (a ``docker_env`` project in a local container):
   forwards it to the container, whose training then stops KILLED with its checkpoint.
 
 ``store-kubernetes`` reads ``kube-job-template-path`` relative to the project folder (MLflow
-reads it from the current folder), says which context and namespace it submits to, and
-cancels a Job with its pods (MLflow deletes the Job and leaves them).
+reads it from the current folder), says which context and namespace it submits to, keeps a
+password of the tracking URI out of the Job's plain env (the pod reads its credentials from a
+Secret), and cancels a Job with its pods (MLflow deletes the Job and leaves them).
 
 Both wait for their run themselves: ``mlflow run`` starts a plugin backend asynchronously (it
 waits only for ``local`` and ``kubernetes``). While waiting, SIGTERM or Ctrl-C cancels the run,
@@ -26,9 +27,10 @@ which ends KILLED; a run keeps the status its command recorded (MLflow's own che
 KILLED with FAILED, docs/upstream.md); a run that did not finish raises ExecutionException, so
 ``mlflow run`` exits 1 with one line.
 
-They call three names that MLflow does not document (``_get_docker_command``, the Job template
-filling of ``run_kubernetes_job`` and ``KubernetesSubmittedRun``): ``require_mlflow`` checks the
-version they were written for.
+They call names that MLflow does not document (``_get_docker_command``; the Job rendering
+``_get_kubernetes_job_definition``, ``_get_run_command`` and ``_load_kube_context`` of
+``mlflow.projects.kubernetes``; ``KubernetesSubmittedRun``'s fields): ``require_mlflow`` checks
+the version they were written for.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -338,14 +341,34 @@ class KubernetesBackend(StoreBackend):
             config[PROJECT_BUILD_IMAGE],
         )
         digest = mlflow_kubernetes.push_image_to_registry(image)
-        submitted = mlflow_kubernetes.run_kubernetes_job(
+        job = mlflow_kubernetes._get_kubernetes_job_definition(
             project.name,
-            run,
             image,
             digest,
-            command,
+            mlflow_kubernetes._get_run_command(command),
             get_run_env_vars(run_id=run_id, experiment_id=run.info.experiment_id),
-            kube.get("kube-context"),
             job,
         )
-        return JobRun(run_id, submitted._job_name, submitted._job_namespace)
+        without_uri_password(job)
+        mlflow_kubernetes._load_kube_context(context=kube.get("kube-context"))
+        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        kubernetes.client.BatchV1Api().create_namespaced_job(namespace=namespace, body=job)
+        return JobRun(run_id, name, namespace)
+
+
+def without_uri_password(job: dict) -> None:
+    """Take a ``user:password@`` out of the pod's MLFLOW_TRACKING_URI: a Job's plain env is
+    readable by whoever can read the Job. The pod takes its credentials from the Secret that
+    the template names (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)."""
+    for item in job["spec"]["template"]["spec"]["containers"][0].get("env", []):
+        value = item.get("value")
+        if item["name"] == "MLFLOW_TRACKING_URI" and value:
+            parts = urllib.parse.urlsplit(value)
+            if parts.password is not None:
+                host = parts.netloc.rpartition("@")[2]
+                item["value"] = urllib.parse.urlunsplit(parts._replace(netloc=host))
+                print(
+                    "=== The pod's MLFLOW_TRACKING_URI carries no password: it reads "
+                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD from its Secret ===",
+                    flush=True,
+                )

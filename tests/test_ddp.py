@@ -27,11 +27,10 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_project_store.layout import KUBERNETES_VERSION, PROJECTS
 from mlflow_project_store.ready_for_mlflow.servers import S3, TrackingServer
-from tests.helpers.cluster import container_of, job_cluster
+from tests.helpers.cluster import container_of, env_value, job_cluster
 from tests.helpers.commands import make, mlflow_run, one_line_reason, only_run
 from tests.helpers.components import require_docker_image
 from tests.helpers.ddp import (
-    env_value,
     failing_rank_env,
     launch,
     processes_with_env,

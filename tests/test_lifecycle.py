@@ -341,7 +341,8 @@ def test_resume_continues_the_killed_run_to_the_same_result(
 def test_resume_of_a_run_that_cannot_resume_is_one_line(
     tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Through `mlflow run` for a FINISHED run; in-process for a run id that does not exist."""
+    """Through `mlflow run` for a FINISHED run; in-process for a run id that does not exist and
+    for a KILLED run whose checkpoint is damaged."""
     assert mnist_train.main(["--epochs", "1", "--batch-size", "512"]) == 0
     (finished,) = MlflowClient(tracking_uri).search_runs(["0"])
     result = mlflow_run(
@@ -354,6 +355,21 @@ def test_resume_of_a_run_that_cannot_resume_is_one_line(
         mnist_train.main(["--resume-from", "0" * 32])
     assert exit_info.value.code != 0
     assert f"mnist.train: error: no run {'0' * 32} in" in capsys.readouterr().err
+
+    # A KILLED run whose checkpoint is damaged: one line, and the run is left as it was.
+    client = MlflowClient(tracking_uri)
+    client.set_terminated(finished.info.run_id, "KILLED")
+    damaged = tmp_path / "checkpoint.pt"
+    damaged.write_bytes(b"PK\x03\x04 not a checkpoint")
+    client.log_artifact(finished.info.run_id, str(damaged), "checkpoint")
+    before = client.get_run(finished.info.run_id)
+    with pytest.raises(SystemExit) as exit_info:
+        mnist_train.main(["--resume-from", finished.info.run_id])
+    assert exit_info.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("mnist.train:")]
+    assert "cannot be read" in line and "left as it is" in line, line
+    after = client.get_run(finished.info.run_id)
+    assert (after.info.status, after.data.metrics) == ("KILLED", before.data.metrics)
 
 
 def test_diverging_loss_fails_the_run_naming_epoch_and_step(

@@ -26,7 +26,7 @@ from mlflow_project_store.ready_for_mlflow.servers import (
     mlflow_server,
     running,
 )
-from tests.helpers.commands import make, run_project
+from tests.helpers.commands import make, one_line_reason, run_project
 from tests.helpers.components import require
 from tests.helpers.heldout import mnist_accuracy
 from tests.helpers.servers import postgres, postgres_binaries
@@ -134,6 +134,15 @@ def test_basic_auth_server(tmp_path: Path, s3: S3, monkeypatch: pytest.MonkeyPat
         with pytest.raises(MlflowException, match=r"401|nauthorized|credentials"):
             MlflowClient(server.url).get_run(run.info.run_id)
         assert http_status(search, ("alice", "wrong-password")) == 401
+        # What a user sees instead of MLflow's traceback: one line, before anything runs.
+        refused = make("run", f"TRACKING_URI={server.url}")
+        line = one_line_reason(refused, "make run: error:")
+        assert "refused the credentials of user 'alice' (HTTP 401)" in line, line
+        assert "wrong-password" not in refused.stdout + refused.stderr
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        anonymous = make("run", f"TRACKING_URI={server.url}")
+        assert "asks for credentials (HTTP 401)" in one_line_reason(anonymous, "make run: error:")
 
 
 def test_make_server_and_server_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from .redaction import mask_uncaught_exceptions
+
 # The Model Registry's name rule, checked before training: letters, digits, '-', '_', '.' and
 # spaces; not only spaces, not '.' nor starting with '..' (the registry treats a name as a path);
 # at most the 256 characters of the registry's name column (PostgreSQL refuses more).
@@ -27,7 +29,14 @@ MAX_MODEL_NAME = 256
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a single line on stderr and exit status 2."""
+    """An ArgumentParser whose errors are a single line on stderr and exit status 2.
+
+    Every entry point and tool makes one first: making it also masks credentials in the
+    traceback of an exception that nothing catches (redaction.mask_uncaught_exceptions)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        mask_uncaught_exceptions()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import traceback
 from collections.abc import Mapping
 
 # Environment variables whose value is a credential (matched anywhere in the name).
@@ -36,3 +38,17 @@ def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:
     for value in secret_values(environ):
         text = text.replace(value, MASK)
     return URL_PASSWORD.sub(rf"\g<scheme>:{MASK}@", text)
+
+
+def mask_uncaught_exceptions() -> None:
+    """From now on this process prints an uncaught exception's traceback with :func:`redact`
+    applied (``sys.excepthook``): a URL or an error message that holds a credential is masked
+    there too."""
+    if getattr(sys.excepthook, "masks_credentials", False):
+        return
+
+    def print_masked(kind, value, trace) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, value, trace))))
+
+    print_masked.masks_credentials = True  # type: ignore[attr-defined]
+    sys.excepthook = print_masked

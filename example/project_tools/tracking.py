@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import subprocess
 import urllib.error
 import urllib.parse
@@ -35,43 +36,82 @@ def shown_store() -> str:
     return redact(mlflow.get_tracking_uri())
 
 
-def server_problem(uri: str, timeout: float = START_TIMEOUT) -> str | None:
-    """Why the HTTP tracking server at ``uri`` cannot be used now, or None when it answers.
+# An API call that a basic-auth server answers only for valid credentials (/health it answers
+# to anyone).
+AUTHENTICATED_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
-    Non-HTTP stores (SQLite, a folder, Databricks) are not checked here.
-    """
+
+def server_problem(uri: str, timeout: float = START_TIMEOUT) -> str | None:
+    """Why the HTTP tracking server at ``uri`` cannot be used now, or None when it answers and
+    takes the credentials that MLflow's client would send. Non-HTTP stores (SQLite, a folder,
+    Databricks) are not checked here. MLflow's TLS settings are honoured: the CA bundle of
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH``, ``MLFLOW_TRACKING_INSECURE_TLS=true``."""
     if not uri.startswith(("http://", "https://")):
         return None
     try:
-        with urllib.request.urlopen(health_request(uri), timeout=timeout):
+        with urllib.request.urlopen(
+            request_to(uri, AUTHENTICATED_PATH), timeout=timeout, context=tls_context()
+        ):
             return None
     except urllib.error.HTTPError as error:
-        if error.code in (401, 403):  # basic auth: the server is there
-            return None
-        return f"answered HTTP {error.code} on /health"
+        if error.code in (401, 403):
+            return refused(uri, error.code)
+        return f"answered HTTP {error.code} on {AUTHENTICATED_PATH.partition('?')[0]}"
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         return f"did not answer ({reason})"
 
 
-def health_request(uri: str) -> urllib.request.Request:
-    """GET ``uri``/health; a ``user:password@`` in the URI (which MLflow's client sends as basic
-    auth) becomes the Authorization header, since urllib would take it for part of the host."""
+def tls_context() -> ssl.SSLContext | None:
+    """What MLflow's client would trust: its CA bundle setting, or nothing when told so."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if cafile := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        return ssl.create_default_context(cafile=cafile)
+    return None
+
+
+def credentials(uri: str) -> tuple[str, str] | None:
+    """(user, password) as MLflow's client sends them: from the environment, else the URI."""
+    parts = urllib.parse.urlsplit(uri)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or parts.username
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or parts.password
+    if user is None:
+        return None
+    return urllib.parse.unquote(user), urllib.parse.unquote(password or "")
+
+
+def refused(uri: str, code: int) -> str:
+    given = credentials(uri)
+    if given is None:
+        return (
+            f"asks for credentials (HTTP {code}): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD"
+        )
+    return (
+        f"refused the credentials of user {given[0]!r} (HTTP {code}): check "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )
+
+
+def request_to(uri: str, path: str) -> urllib.request.Request:
+    """GET ``uri`` + ``path`` with the credentials MLflow's client would send as basic auth (a
+    ``user:password@`` in the URI is not left in it, where urllib would take it for the host)."""
     parts = urllib.parse.urlsplit(uri.rstrip("/"))
     netloc = parts.netloc.rpartition("@")[2]
-    request = urllib.request.Request(
-        urllib.parse.urlunsplit(parts._replace(netloc=netloc)) + "/health"
-    )
-    if parts.username is not None:
-        user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)) + path)
+    if given := credentials(uri):
+        token = base64.b64encode(":".join(given).encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     return request
 
 
 def require_tracking_server(prog: str, uri: str | None = None) -> None:
-    """Stop ``prog`` with one line (exit 1) when the tracking server does not answer.
+    """Stop ``prog`` with one line (exit 1) when the tracking server does not answer, or
+    refuses the credentials.
 
     ``uri`` defaults to the tracking URI that MLflow would use (``MLFLOW_TRACKING_URI``); the
     line shows it with its password masked.
@@ -79,12 +119,12 @@ def require_tracking_server(prog: str, uri: str | None = None) -> None:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     problem = server_problem(uri)
     if problem:
-        fail(
-            prog,
-            f"tracking server {redact(uri)} {problem}; start it (make server) or set "
-            "MLFLOW_TRACKING_URI to a running one",
-            status=1,
+        hint = (
+            ""
+            if "credentials" in problem
+            else ("; start it (make server) or set MLFLOW_TRACKING_URI to a running one")
         )
+        fail(prog, f"tracking server {redact(uri)} {problem}{hint}", status=1)
 
 
 def git_source_tags(folder: str = ".") -> dict[str, str]:

@@ -66,6 +66,12 @@ def container_of(job: dict) -> dict:
     return job["spec"]["template"]["spec"]["containers"][0]
 
 
+def env_value(container: dict, name: str) -> str:
+    """The literal value of ``name`` in a container's env."""
+    (value,) = [item["value"] for item in container["env"] if item["name"] == name]
+    return value
+
+
 def pod_env(container: dict, secrets: dict[str, dict[str, str]]) -> list[str]:
     """`docker run -e` flags, resolved as the kubelet would (missing optional Secrets: left out)."""
     flags = []

@@ -19,11 +19,6 @@ from tests.helpers.commands import processes_with_env
 RANK_FAULT = Path(__file__).with_name("rank_fault")
 
 
-def env_value(container: dict, name: str) -> str:
-    (value,) = [item["value"] for item in container["env"] if item["name"] == name]
-    return value
-
-
 def launch(
     project: Path,
     tracking_uri: str,

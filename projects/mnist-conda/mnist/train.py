@@ -139,6 +139,15 @@ def resume_point(args: argparse.Namespace) -> dict | None:
         checkpoint = load_checkpoint(args.resume_from)
     except (MlflowException, OSError) as exc:
         fail(PROG, f"run {args.resume_from} has no checkpoint to resume from ({exc})")
+    except Exception as exc:  # torch.load's errors on a damaged file vary with the damage
+        fail(
+            PROG,
+            f"the checkpoint of run {args.resume_from} cannot be read ({type(exc).__name__}): "
+            "it is damaged; the run is left as it is",
+        )
+    missing = [key for key in TRAINING_PARAMS if key not in checkpoint.get("args", {})]
+    if missing or "data_digest" not in checkpoint:
+        fail(PROG, f"the checkpoint of run {args.resume_from} is not one that mnist.train wrote")
     changed = [
         f"{key}={checkpoint['args'][key]}"
         for key in TRAINING_PARAMS

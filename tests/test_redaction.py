@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from project_tools.redaction import MASK, redact
 
 PROJECT = "projects/mnist-conda"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from mlflow_project_store.manifests import kube_context, no_context
 from mlflow_project_store.project_tools.cli import fail
 from mlflow_project_store.project_tools.redaction import redact
 
@@ -36,26 +37,6 @@ def config_name(entry_point: str) -> str:
         if entry_point == "main"
         else f"kubernetes_{entry_point}_config.json"
     )
-
-
-def kube_context(asked: str) -> str:
-    """The context asked for, else kubectl's current one; it must exist."""
-    from kubernetes.config import list_kube_config_contexts
-    from kubernetes.config.config_exception import ConfigException
-
-    try:
-        contexts, current = list_kube_config_contexts()
-    except (ConfigException, OSError, TypeError):
-        contexts, current = [], None
-    name = asked or (current or {}).get("name", "")
-    if name not in [context["name"] for context in contexts]:
-        fail(
-            PROG,
-            f"no kube context {name!r}: set KUBE_CONTEXT= to one of `kubectl config "
-            "get-contexts` (KUBECONFIG, else ~/.kube/config)",
-            status=1,
-        )
-    return name
 
 
 def registry_answers(registry: str) -> None:
@@ -84,7 +65,9 @@ def main() -> int:
             "project with Kubernetes files (projects/<name>-docker) or ENTRY_POINT=",
             status=1,
         )
-    context = kube_context(env.get("KUBE_CONTEXT", ""))
+    context, found = kube_context(env.get("KUBE_CONTEXT", ""))
+    if not found:
+        fail(PROG, no_context(context), status=1)
     uri = env.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
         fail(

@@ -14,7 +14,11 @@ stay inside it). For each project it checks:
 - the environment file parses and pins ``mlflow==``: ``conda.yaml``'s pip list,
   ``python_env.yaml``'s dependencies; a ``docker_env`` project's Dockerfile, ``.dockerignore``
   and Kubernetes files are checked by validate_containers.py;
-- every link in the project resolves, is relative and stays inside the repository;
+- every file and folder of the project can be read, a text file (``TEXT_NAMES``,
+  ``TEXT_SUFFIXES``) as UTF-8, and every link resolves without a loop, is relative, stays
+  inside the repository and does not lead back to a folder that holds it; a project where one
+  does not gets one problem per such file and no other check (they, and MLflow, would fail or
+  hang on it);
 - ``smoke.yaml`` has the keys and types that ``tests/helpers/projects.py`` reads;
 - ``README.md`` has a parameter table for each entry point, matching ``MLproject``, unless the
   project takes its entry points from the project whose code it links (its README says so).
@@ -34,10 +38,12 @@ problem is found, else 0.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
 import shlex
+import stat
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -267,33 +273,123 @@ def check_environment(project: Project) -> list[str]:
     return []
 
 
-# --- Links ----------------------------------------------------------------------------------
+# --- Files and links ------------------------------------------------------------------------
+
+# Files that MLflow, Python and these checks read as text: they must decode as UTF-8.
+TEXT_NAMES = ("MLproject", "Dockerfile", ".dockerignore")
+TEXT_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".json", ".toml", ".txt", ".cfg", ".ini", ".sh")
+READER = "the user who runs make validate and mlflow run"
+SPECIAL_FILES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+MAX_LINKS = 40  # the kernel's limit on links followed in one path (ELOOP beyond it)
 
 
-def check_links(project: Project) -> list[str]:
+def link_chain(link: Path) -> str:
+    """``a -> b -> a``: the names a looping link leads through, until one repeats."""
+    names, path = [link.name], link
+    while path.is_symlink() and len(names) <= MAX_LINKS:
+        path = path.parent / os.readlink(path)
+        names.append(os.path.relpath(path, link.parent))
+        if names[-1] in names[:-1]:
+            break
+    return " -> ".join(names)
+
+
+def link_problem(link: Path, root: Path) -> str | None:
+    """What is wrong with the link ``link`` in a project of the repository ``root``, if anything."""
+    target = os.readlink(link)
+    if os.path.isabs(target):
+        return (
+            f"link -> {target} is absolute: expected a relative link, which resolves in every clone"
+        )
+    try:
+        os.stat(link)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"dangling link -> {target}: nothing there"
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return f"link loop {link_chain(link)}: expected a link that ends at a file or folder"
+    resolved = Path(os.path.realpath(link))
+    if not resolved.is_relative_to(root):
+        return f"link -> {target} points outside the repository: expected a target under {root}"
+    if resolved.is_dir() and link.parent.resolve().is_relative_to(resolved):
+        return (
+            f"link -> {target} leads back to a folder that holds it: expected a target that "
+            "does not hold the link (MLflow copies a project with its links followed, which "
+            "would never end)"
+        )
+    return None
+
+
+def is_text(path: Path) -> bool:
+    return path.name in TEXT_NAMES or path.suffix in TEXT_SUFFIXES
+
+
+def content_problem(path: Path) -> str | None:
+    """What keeps the file at ``path`` (a link followed) from being read, if anything: it is
+    not a regular file, or it is a text file that is not UTF-8. Raises OSError when it cannot
+    be opened."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        kind = SPECIAL_FILES.get(stat.S_IFMT(mode), "not a regular file")
+        return f"is {kind}: expected a regular file or folder"
+    # Not blocking: a file that turned into a FIFO since the stat above must not hang the check.
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+        data = file.read() if is_text(path) else file.read(1)
+    if is_text(path):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = f"0x{data[exc.start]:02x}"
+            return f"byte {byte} at offset {exc.start} is not UTF-8: expected UTF-8 text"
+    return None
+
+
+def unreadable(error: OSError, kind: str) -> str:
+    return f"cannot be read ({error.strerror}): expected a {kind} that {READER} can read"
+
+
+def check_files(folder: Path, root: Path) -> list[str]:
+    """One problem per file, folder or link of the project folder that cannot be read as the
+    other checks and MLflow read it. A link to a folder is checked, not walked into: what it
+    leads to is checked where it lives (another project, or a shared package)."""
     problems = []
-    root = project.root.resolve()
-    for dirpath, dirnames, filenames in os.walk(project.folder):
+    root = root.resolve()
+
+    def folder_name(path: str | Path) -> str:
+        """``mnist/`` for a folder of the project; ``""`` for the project folder itself, which
+        validate's line names (``validate: <project>/: ...``)."""
+        relative = Path(path).relative_to(folder).as_posix()
+        return "" if relative == "." else f"{relative}/"
+
+    def not_listed(error: OSError) -> None:
+        problems.append(f"{folder_name(error.filename)}: {unreadable(error, 'folder')}")
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=not_listed):
+        try:
+            os.stat(os.path.join(dirpath, "."))  # listed, but can its entries be reached?
+        except OSError as exc:
+            problems.append(f"{folder_name(dirpath)}: {unreadable(exc, 'folder')}")
+            dirnames.clear()
+            continue
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(dirnames + filenames):
-            link = Path(dirpath, name)
-            if not link.is_symlink():
-                continue
-            shown = link.relative_to(project.folder).as_posix()
-            target = os.readlink(link)
-            resolved = (link.parent / target).resolve()
-            if os.path.isabs(target):
-                problems.append(
-                    f"{shown}: link -> {target} is absolute: expected a relative link, "
-                    "which resolves in every clone"
-                )
-            elif not resolved.exists():
-                problems.append(f"{shown}: dangling link -> {target}: nothing there")
-            elif not resolved.is_relative_to(root):
-                problems.append(
-                    f"{shown}: link -> {target} points outside the repository: "
-                    f"expected a target under {root}"
-                )
+            path = Path(dirpath, name)
+            shown = path.relative_to(folder).as_posix()
+            try:
+                problem = link_problem(path, root) if path.is_symlink() else None
+                problem = problem or content_problem(path)
+            except OSError as exc:
+                problem = unreadable(exc, "folder" if name in dirnames else "file")
+            if problem:
+                problems.append(f"{shown}: {problem}")
     return problems
 
 
@@ -466,14 +562,18 @@ CHECKS = (
     check_dockerfile,
     check_dockerignore,
     check_kubernetes,
-    check_links,
     check_smoke,
     check_readme,
 )
 
 
 def validate(folder: Path, root: Path) -> list[str]:
-    """Every problem of the project in ``folder``, each as ``<file>: <problem>``."""
+    """Every problem of the project in ``folder``, each as ``<file>: <problem>``.
+
+    The checks of content run once every file of the project reads (they and MLflow would
+    fail, hang or name the file twice): until then, one problem per file that does not."""
+    if problems := check_files(folder, root):
+        return problems
     if not (folder / "MLproject").is_file():
         return ["MLproject: missing: every folder under projects/ is an MLflow project"]
     spec, problems = load_spec(folder)

@@ -10,7 +10,9 @@ and its Kubernetes files (validate.py runs them with the others).
   placeholders, and the Job that MLflow's own code renders from it for each entry point
   validates against the Kubernetes API schema (``layout.KUBERNETES_VERSION``); an Indexed Job
   starts all its pods at once and tells them how many there are (``JOB_COMPLETIONS``), which
-  the distributed launcher compares with its ``nnodes``.
+  the distributed launcher compares with its ``nnodes``; every Job states its retries
+  (``backoffLimit``) and a deadline (``activeDeadlineSeconds``), and its pod the hardening of
+  ``manifests.pod_problems`` (also checked on the tracking server's pod by ``make deploy-server``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mlflow_project_store.layout import (
     K8S_PLACEHOLDERS,
     KUBERNETES_VERSION,
 )
+from mlflow_project_store.manifests import first_line, lookup, pod_problems, shown
 
 if TYPE_CHECKING:
     from mlflow_project_store.validate import Project
@@ -53,11 +56,6 @@ FAKE_RUN_ID = "0" * 32
 FAKE_VALUES = {"int": "1", "float": "0.5", "string": "x", "uri": "file:///tmp/x"}
 POD_COUNTS = ("completions", "parallelism")
 POD_COUNT_VAR = "JOB_COMPLETIONS"
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def read_yaml(path: Path) -> tuple[Any, str | None]:
@@ -213,6 +211,7 @@ def check_job_template(project: Project, template: Path) -> list[str]:
     if project.spec is None:
         return problems
     problems += check_pods(name, content)
+    problems += [f"{name}: {problem}" for problem in job_problems(content)]
     for entry in project.spec._entry_points:
         try:
             job = render_job(project, entry, content)
@@ -257,6 +256,27 @@ def check_pods(name: str, template: Any) -> list[str]:
         f"{name}: spec has {shown} and {POD_COUNT_VAR} {told}: expected the same number in "
         "all three (one pod per node, started together)"
     ]
+
+
+def job_problems(job: Any) -> list[str]:
+    """What a Job lacks of the limits every Job here states (its retries, and a deadline after
+    which Kubernetes stops its pods whatever they do), then what its pod lacks of
+    :func:`pod_problems`."""
+    spec = lookup(job, "spec")
+    problems = []
+    deadline = lookup(spec, "activeDeadlineSeconds")
+    if type(deadline) is not int or deadline <= 0:
+        problems.append(
+            f"spec.activeDeadlineSeconds is {shown(deadline)}: expected the seconds after which "
+            "Kubernetes stops the Job, e.g. 14400 (4 hours)"
+        )
+    retries = lookup(spec, "backoffLimit")
+    if type(retries) is not int or retries < 0:
+        problems.append(
+            f"spec.backoffLimit is {shown(retries)}: expected it stated, e.g. 0 (a failed "
+            "training is not retried)"
+        )
+    return problems + pod_problems(lookup(spec, "template", "spec"))
 
 
 def render_job(project: Project, entry: str, template: Any) -> dict:

@@ -46,3 +46,38 @@ predict: setup ## Predict INPUT (images folder, IDX file or CSV) with MODEL
 	  { echo "make predict: set MODEL=<model URI> INPUT=<folder, image, IDX or CSV>" >&2; exit 2; }
 	$(STORE) --check
 	@$(TOOL).predict "$$MODEL" "$$INPUT"
+
+# Serving a registered model on a cluster: its image, its Deployment, and the rollout that
+# follows its alias (ready_for_mlflow/README.md, "Model Registry"). WEBHOOK_SECRET comes from
+# the environment only.
+KUBE_NAMESPACE ?= mlflow
+DRY_RUN ?=
+MANIFEST ?= $(STATE)/model-serving.yaml
+ROLLOUT_TIMEOUT ?= 600
+RECEIVER_HOST ?= 127.0.0.1
+RECEIVER_PORT ?= 5055
+SERVING_DEPS_IMAGE ?=
+export KUBE_NAMESPACE DRY_RUN MANIFEST ROLLOUT_TIMEOUT RECEIVER_HOST RECEIVER_PORT SERVING_DEPS_IMAGE
+serving-image deploy-model rollout-receiver: export MLFLOW_TRACKING_URI := $(TRACKING_URI)
+
+.PHONY: serving-image deploy-model rollout-receiver
+
+serving-image: setup ## Build the image serving MODEL (models:/NAME@ALIAS: its version now), push it to REGISTRY, print its digest
+	$(STORE) --check
+	@$(TOOL).serving_image
+
+deploy-model: setup ## Run MODEL's serving image on KUBE_CONTEXT in KUBE_NAMESPACE (mlflow); DRY_RUN=1 writes MANIFEST only
+	$(STORE) --check
+	@$(TOOL).rollout
+
+rollout-receiver: setup ## Receive MLflow webhooks on RECEIVER_PORT: deploy MODEL (models:/NAME@champion) whenever the alias moves
+	$(STORE) --check
+	@$(TOOL).rollout_receiver
+
+# The tracking server of ready_for_mlflow/deploy/ on KUBE_CONTEXT in KUBE_NAMESPACE (mlflow):
+# SECRETS is the filled copy of secrets.example.yaml; DRY_RUN=1 renders and validates only.
+deploy-server: export SECRETS ?= $(CURDIR)/ready_for_mlflow/deploy/secrets.yaml
+deploy-server: export SERVER_MANIFESTS := $(CURDIR)/ready_for_mlflow/deploy/tracking-server.yaml
+.PHONY: deploy-server
+deploy-server: setup ## Deploy the tracking server (ready_for_mlflow/deploy/) to KUBE_CONTEXT with SECRETS; DRY_RUN=1 validates only
+	@$(TOOL).deploy

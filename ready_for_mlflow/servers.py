@@ -1,8 +1,9 @@
 """Local servers on loopback: an S3 endpoint (moto), `mlflow server`, and the image registry
 that Kubernetes pods pull from (Debian's docker-registry).
 
-Every process starts in its own process group and is stopped with its children. Only the
-*server* gets S3 credentials: clients reach artifacts through the server's proxy.
+Every process starts in its own process group and is stopped with its children; a process
+that a make target recorded is signalled only while its pid still names it (see ``Started``).
+Only the *server* gets S3 credentials: clients reach artifacts through the server's proxy.
 
 `make server`, `make server-stop`, `make registry` and `make registry-stop` run the command
 line at the end of this module; `make screenshots` and the tests start the same servers with
@@ -17,8 +18,10 @@ tests/helpers/servers.py)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -30,7 +33,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import boto3
@@ -88,13 +90,21 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
     stop_group(process.pid, exited, timeout)
 
 
-def stop_group(pgid: int, exited: Callable[[float], bool], timeout: float) -> None:
-    """SIGTERM the group ``pgid``; SIGKILL what is left once its leader ``exited`` or timed out."""
+def stop_group(
+    pgid: int, exited: Callable[[float], bool], timeout: float, leader: Started | None = None
+) -> None:
+    """SIGTERM the group ``pgid``; SIGKILL what is left once its leader ``exited`` or timed out.
+
+    ``leader``: the group's leader when it is not a child of ours (a recorded process). Once it
+    has ended, its pid is free for another process; the group is killed only while the pid
+    names no other process (members left over from the group do not hold it)."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     exited(timeout)
+    if leader is not None and running(pgid) and not leader.alive():
+        return
     with suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
     exited(timeout)
@@ -283,42 +293,130 @@ S3_DESTINATION = re.compile(r"s3://([^/]+)(/.*)?")
 
 def running(pid: int) -> bool:
     """Running, not gone and not a zombie (whose parent, init here, has yet to reap it)."""
+    return Started.now(pid) is not None
+
+
+# A pid file holds the pid alone, as other tools read one; beside it, ``<name>.process.json``
+# records which process that pid was: its start time and command line. A pid alone names
+# whatever process holds the number now (after the server ended, or the machine restarted, it
+# may be any process), so nothing is signalled unless both still match.
+PID_FILE = "{}.pid"
+RECORD_FILE = "{}.process.json"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Started:
+    """A process as the kernel knows it: its pid, its start time (clock ticks after boot,
+    field 22 of ``/proc/<pid>/stat``) and its command line. Two processes that held the same
+    pid since boot differ in start time; the command line tells most of those of two boots
+    apart."""
+
+    pid: int
+    start_time: int
+    command: tuple[str, ...]
+
+    @classmethod
+    def now(cls, pid: int) -> Started | None:
+        """The process that holds ``pid`` now; None when none does (or only a zombie)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # after the name: field 3 onwards
+        if fields[0] == "Z":
+            return None
+        command = tuple(os.fsdecode(arg) for arg in cmdline.split(b"\0")[:-1])
+        return cls(pid, int(fields[19]), command)
+
+    def alive(self) -> bool:
+        """Whether ``pid`` still names this very process."""
+        return Started.now(self.pid) == self
+
+    def gone(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for this process (not a child of ours) to end; whether it did."""
+        deadline = time.monotonic() + seconds
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self.alive()
+
+    def describe(self) -> str:
+        """``pid 12 (`sleep 300`, started 5.2 s after boot)``, the command shortened."""
+        command = shlex.join(self.command) or "?"
+        command = command if len(command) <= 120 else command[:117] + "..."
+        seconds = self.start_time / CLOCK_TICKS
+        return f"pid {self.pid} (`{command}`, started {seconds:.1f} s after boot)"
+
+
+def record(state: Path, name: str, process: subprocess.Popen) -> None:
+    """Write ``<name>.pid`` and, first, the record of which process it is."""
+    if started := Started.now(process.pid):
+        fields = {"pid": started.pid, "start_time": started.start_time, "command": started.command}
+        (state / RECORD_FILE.format(name)).write_text(json.dumps(fields, indent=2) + "\n")
+    (state / PID_FILE.format(name)).write_text(f"{process.pid}\n")
+
+
+def read_record(state: Path, name: str) -> Started | None:
+    """The record beside ``<name>.pid``; None when there is none (a pid file of the old form,
+    the pid alone) or it does not parse."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        fields = json.loads((state / RECORD_FILE.format(name)).read_text())
+        return Started(int(fields["pid"]), int(fields["start_time"]), tuple(fields["command"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def recorded(state: Path) -> dict[str, int]:
-    """The running processes recorded in ``state`` (``<name>.pid`` files), by name."""
-    pids: dict[str, int] = {}
-    for pid_file in sorted(state.glob("*.pid")):
-        text = pid_file.read_text().strip()
-        if text.isdigit() and running(int(text)):
-            pids[pid_file.stem] = int(text)
-    return pids
+def forget(state: Path, name: str) -> None:
+    for pattern in (PID_FILE, RECORD_FILE):
+        (state / pattern.format(name)).unlink(missing_ok=True)
 
 
-def gone(pid: int, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``pid`` (not a child of ours) to end; whether it did."""
-    deadline = time.monotonic() + seconds
-    while running(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return not running(pid)
+def recorded(state: Path, only: str | None = None) -> tuple[dict[str, Started], list[str]]:
+    """The processes recorded in ``state`` (``<name>.pid``; only the one named ``only``) that
+    still run, by name; and a line for each other pid file, which is removed without any
+    signal: its process has ended, its pid now names another process, or nothing records
+    which process it was."""
+    alive: dict[str, Started] = {}
+    notes = []
+    for pid_file in sorted(state.glob(PID_FILE.format(only or "*"))):
+        name, text = pid_file.stem, pid_file.read_text().strip()
+        now = Started.now(int(text)) if text.isdigit() else None
+        started = read_record(state, name)
+        if not text.isdigit():
+            notes.append(f"stale pid file {pid_file}: holds {text[:40]!r}, not a pid; removed")
+        elif now is None:
+            notes.append(f"stale pid file {pid_file}: pid {text} has ended; removed")
+        elif started is None or started.pid != now.pid:
+            notes.append(
+                f"unverifiable pid file {pid_file}: nothing records which process pid {text} was "
+                f"({RECORD_FILE.format(name)} is missing or does not match); not signalled, "
+                f"removed. It is now {now.describe()}; if that is the {name}, stop it with "
+                f"kill -- -{text}"
+            )
+        elif now != started:
+            notes.append(
+                f"stale pid file {pid_file}: the {name} recorded, {started.describe()}, has "
+                f"ended; the pid now names another process, {now.describe()}: not signalled, "
+                "removed"
+            )
+        else:
+            alive[name] = started
+            continue
+        forget(state, name)
+    return alive, notes
 
 
 def stop_recorded(state: Path, only: str | None = None) -> list[str]:
-    """Stop every process group recorded in ``state`` (or only the one named ``only``); forget
-    their pid files; say what stopped."""
-    stopped = []
-    for name, pid in recorded(state).items():
-        if only in (None, name):
-            stop_group(pid, partial(gone, pid), timeout=15)
-            stopped.append(f"stopped {name} (pid {pid})")
-    for pid_file in state.glob(f"{only or '*'}.pid"):
-        pid_file.unlink()
-    return stopped
+    """Stop every process group recorded in ``state`` (or only the one named ``only``) whose
+    leader is still the process started; forget their pid files; say what stopped and which
+    pid files were stale."""
+    alive, lines = recorded(state, only)
+    for name, started in alive.items():
+        stop_group(started.pid, started.gone, timeout=15, leader=started)
+        forget(state, name)
+        lines.append(f"stopped {name} (pid {started.pid})")
+    return lines
 
 
 def port_busy(port: int) -> bool:
@@ -347,10 +445,6 @@ def one_line(error: BaseException) -> str:
     return " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))[:600] or type(error).__name__
 
 
-def record(state: Path, name: str, process: subprocess.Popen) -> None:
-    (state / f"{name}.pid").write_text(f"{process.pid}\n")
-
-
 def start_servers(args: argparse.Namespace) -> None:
     """`make server`: moto when no S3 is configured, then `mlflow server`, both detached."""
     state: Path = args.state
@@ -358,8 +452,11 @@ def start_servers(args: argparse.Namespace) -> None:
     if not (VENV_BIN / "mlflow").exists():
         fail(PROG, f"no {VENV_BIN / 'mlflow'}; run make setup", status=1)
     state.mkdir(parents=True, exist_ok=True)
-    if alive := recorded(state):
-        names = ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
+    alive, notes = recorded(state)
+    for note in notes:
+        print(note)
+    if alive:
+        names = ", ".join(f"{name} (pid {started.pid})" for name, started in alive.items())
         fail(PROG, f"already running: {names}; make server-stop first", status=1)
     if args.env_file and Path(args.env_file).is_file():
         load_env_file(Path(args.env_file))
@@ -401,8 +498,10 @@ def start_servers(args: argparse.Namespace) -> None:
 
 def stop_servers(args: argparse.Namespace) -> None:
     """`make server-stop`: stop every process group that `make server` recorded."""
-    stopped = stop_recorded(args.state)
-    print("\n".join(stopped) or f"nothing to stop: no running server recorded in {args.state}")
+    lines = stop_recorded(args.state)
+    if not any(line.startswith("stopped ") for line in lines):
+        lines.append(f"nothing to stop: no running server recorded in {args.state}")
+    print("\n".join(lines))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -445,8 +544,12 @@ def start_registry_detached(args: argparse.Namespace) -> None:
         missing = "docker-registry is not installed: apt-get install docker-registry"
         fail(REGISTRY_PROG, missing, status=1)
     state.mkdir(parents=True, exist_ok=True)
-    if pid := recorded(state).get(REGISTRY):
-        fail(REGISTRY_PROG, f"already running (pid {pid}); make registry-stop first", status=1)
+    alive, notes = recorded(state, only=REGISTRY)
+    for note in notes:
+        print(note)
+    if started := alive.get(REGISTRY):
+        busy = f"already running (pid {started.pid}); make registry-stop first"
+        fail(REGISTRY_PROG, busy, status=1)
     if port_busy(args.port):
         busy = f"port {args.port} on {HOST} is in use; set REGISTRY_PORT=..."
         fail(REGISTRY_PROG, busy, status=1)
@@ -463,8 +566,10 @@ def start_registry_detached(args: argparse.Namespace) -> None:
 
 def stop_registry(args: argparse.Namespace) -> None:
     """`make registry-stop`: stop the registry that `make registry` recorded."""
-    stopped = stop_recorded(args.state, only=REGISTRY)
-    print("\n".join(stopped) or f"nothing to stop: no running registry recorded in {args.state}")
+    lines = stop_recorded(args.state, only=REGISTRY)
+    if not any(line.startswith("stopped ") for line in lines):
+        lines.append(f"nothing to stop: no running registry recorded in {args.state}")
+    print("\n".join(lines))
 
 
 def parse_registry_args(argv: list[str]) -> argparse.Namespace:

@@ -21,17 +21,20 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from data_loader import load_mnist
+from mlflow_project_store.layout import PROJECTS
 from mlflow_project_store.ready_for_mlflow.servers import (
     S3,
     TrackingServer,
     mlflow_server,
     moto_s3,
 )
+from mlflow_project_store.rollout_receiver import LOCAL_DELIVERY
 from tests.helpers.artifacts import DigitFiles, TrainedModel
 from tests.helpers.commands import run_project
-from tests.helpers.components import require
+from tests.helpers.components import require, require_docker_image
 from tests.helpers.outside import GitStore, git_daemon, make_launcher
 from tests.helpers.servers import docker_registry
+from tests.helpers.serving import ServedImage, build_served_image, untag
 
 HELDOUT_PNGS = 120
 # Fixtures that start a server (moto S3, mlflow server, the image registry) or need Docker.
@@ -77,9 +80,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory, s3: S3) -> Iterator[TrackingServer]:
-    """`mlflow server`: SQLite backend store, artifacts proxied to ``s3://mlflow/artifacts``."""
+    """`mlflow server`: SQLite backend store, artifacts proxied to ``s3://mlflow/artifacts``;
+    it delivers registry webhooks to receivers on loopback over HTTP (LOCAL_DELIVERY)."""
     workdir = tmp_path_factory.mktemp("tracking")
-    with mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}", s3) as server:
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    with mlflow_server(workdir, store, s3, extra_env=LOCAL_DELIVERY) as server:
         yield server
 
 
@@ -123,6 +128,16 @@ def trained_mnist(tracking_server: TrackingServer) -> TrainedModel:
     assert result.returncode == 0, result.stderr[-3000:]
     version = MlflowClient(tracking_server.url).get_model_version_by_alias("mnist", "candidate")
     return TrainedModel("mnist", version.version, version.run_id, tracking_server.url)
+
+
+@pytest.fixture(scope="session")
+def served_image(trained_mnist: TrainedModel, registry: str) -> Iterator[ServedImage]:
+    """The trained model registered again as ``served-mnist`` and its serving image, built and
+    pushed once by `make serving-image` (fake keys in its environment): the session's one
+    serving-image build. Its tags in this session's registry go at the end."""
+    require_docker_image(PROJECTS / "mnist-docker")
+    yield build_served_image(trained_mnist, registry)
+    untag(f"{registry}/served-mnist-serving")
 
 
 @pytest.fixture(scope="session")

@@ -24,11 +24,15 @@ from mlflow_project_store.layout import PROJECTS, ROOT
 from mlflow_project_store.ready_for_mlflow.servers import HOST, S3, free_port
 from tests.helpers.commands import make, mlflow_run, one_line_reason, only_run
 from tests.helpers.components import require_docker_image
-from tests.helpers.credentials import command_lines, fake_credentials, leaked, with_password
+from tests.helpers.credentials import (
+    aws_key_shapes,
+    command_lines,
+    fake_credentials,
+    leaked,
+    with_password,
+)
 from tests.helpers.projects import project_dirs, smoke_config
 
-AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}")
-AWS_SECRET = re.compile(r"aws_secret_access_key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}", re.IGNORECASE)
 PIN = re.compile(r"^\s*-?\s*([A-Za-z0-9_.\-\[\]]+)==([^\s\\]+)", re.MULTILINE)
 DOCKER_PROJECTS = [
     p for p in project_dirs() if "docker_env" in yaml.safe_load((p / "MLproject").read_text())
@@ -93,37 +97,48 @@ def test_no_secret_in_the_repository() -> None:
     for name in filter(None, listed):
         path = ROOT / name
         if path.is_file() and not path.is_symlink() and path.suffix not in (".gz", ".png"):
-            text = path.read_text(errors="ignore")
-            assert not AWS_KEY_ID.search(text), f"{name} holds an AWS access key id"
-            assert not AWS_SECRET.search(text), f"{name} holds an AWS secret key"
+            assert not aws_key_shapes(path.read_text(errors="ignore")), f"{name} holds an AWS key"
+
+
+def image_secrets(image: str) -> list[str]:
+    """AWS-shaped keys in ``image``'s build history and environment, and its AWS_ variables."""
+    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image)
+    each_line = "{{range .Config.Env}}{{println .}}{{end}}"
+    environment = docker("image", "inspect", "--format", each_line, image)
+    names = [line.split("=", 1)[0] for line in environment.splitlines() if line.startswith("AWS_")]
+    return aws_key_shapes(history) + aws_key_shapes(environment) + names
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.docker
 @pytest.mark.parametrize("project", DOCKER_PROJECTS, ids=lambda p: p.name)
 def test_no_secret_in_image_history_or_environment(project: Path) -> None:
-    image = require_docker_image(project)
-    history = subprocess.run(
-        ["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", image],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    environment = subprocess.run(
-        [
-            "docker",
-            "image",
-            "inspect",
-            "--format",
-            "{{range .Config.Env}}{{println .}}{{end}}",
-            image,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for text in (history, environment):
-        assert not AWS_KEY_ID.search(text) and not AWS_SECRET.search(text)
-    assert not [line for line in environment.splitlines() if line.startswith("AWS_")]
+    assert image_secrets(require_docker_image(project)) == []
+
+
+@pytest.mark.docker
+def test_image_scan_finds_planted_fake_keys(tmp_path: Path) -> None:
+    """The scan above can fail: an image with the suite's fake keys in a build step and in its
+    environment is caught on each."""
+    base = require_docker_image(ELASTICNET)
+    keys = fake_credentials()
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base}\n"
+        f"RUN echo {keys['AWS_ACCESS_KEY_ID']} > /dev/null\n"
+        f"ENV AWS_SECRET_ACCESS_KEY={keys['AWS_SECRET_ACCESS_KEY']}\n"
+    )
+    image = f"mlflow-store/planted-keys:{tmp_path.name.lower()}"
+    docker("build", "--quiet", "--tag", image, str(tmp_path))
+    try:
+        found = image_secrets(image)
+    finally:
+        docker("rmi", image)
+    assert keys["AWS_ACCESS_KEY_ID"] in found
+    assert f"AWS_SECRET_ACCESS_KEY={keys['AWS_SECRET_ACCESS_KEY']}" in found
+    assert "AWS_SECRET_ACCESS_KEY" in found
 
 
 def test_store_docker_without_daemon_fails_fast(tmp_path: Path) -> None:
@@ -237,18 +252,25 @@ def test_make_run_docker_passes_credentials_by_name_only(
 def test_dockerignore_keeps_credential_files_out_of_the_image(
     tracking_uri: str, tmp_path: Path
 ) -> None:
-    """A copy of elasticnet-docker with a .env, a token in .git/config and a key file: the
-    store-docker build honours its .dockerignore, the run finishes, and the image holds none
-    of them (MLflow's own build would copy the whole folder)."""
+    """A copy of elasticnet-docker with the suite's fake keys in a .env, a token in
+    .git/config, a `credentials` file, a kubeconfig, a .pgpass and a key file: the store-docker
+    build honours its .dockerignore, the run finishes, and the image holds none of them
+    (MLflow's own build would copy the whole folder)."""
     require_docker_image(ELASTICNET)
     project = tmp_path / "elasticnet-docker"
     shutil.copytree(ELASTICNET, project, symlinks=False)  # links followed, as MLflow does
     keys = fake_credentials()
-    planted = {".env": "AWS_SECRET_ACCESS_KEY", ".git/config": "MLFLOW_TRACKING_PASSWORD"}
-    (project / ".git").mkdir()
-    for name, key in planted.items():
-        (project / name).write_text(f"{key}={keys[key]}\n")
-    (project / "deploy.pem").write_text(keys["AWS_ACCESS_KEY_ID"])
+    planted = {
+        ".env": f"AWS_SECRET_ACCESS_KEY={keys['AWS_SECRET_ACCESS_KEY']}",
+        ".git/config": f"[http]\n\textraheader = token {keys['MLFLOW_TRACKING_PASSWORD']}",
+        "credentials": f"[default]\naws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+        "conf/kubeconfig": f"users:\n- user:\n    token: {keys['MLFLOW_TRACKING_PASSWORD']}",
+        ".pgpass": f"db:5432:mlflow:mlflow:{keys['AWS_SECRET_ACCESS_KEY']}",
+        "deploy.pem": keys["AWS_ACCESS_KEY_ID"],
+    }
+    for name, text in planted.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text + "\n")
     args = [*STORE_DOCKER, *AS_OWNER, "-A", f"v={tmp_path / 'mlruns'}:{tmp_path / 'mlruns'}"]
     result = mlflow_run(project, tracking_uri, {"alpha": 0.5}, extra_args=args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -260,7 +282,7 @@ def test_dockerignore_keeps_credential_files_out_of_the_image(
         check=True,
     ).stdout
     assert "/mlflow/projects/code/elasticnet/train.py" in listing
-    for name in (".env", ".git", "deploy.pem"):
+    for name in planted:
         assert f"/mlflow/projects/code/{name}" not in listing, name
     content = subprocess.run(
         [
@@ -281,6 +303,7 @@ def test_dockerignore_keeps_credential_files_out_of_the_image(
         check=True,
     ).stdout
     assert leaked(keys, content, result.stdout, result.stderr) == []
+    assert aws_key_shapes(content.decode(errors="replace")) == []
     subprocess.run(["docker", "rmi", image], capture_output=True, check=False)
 
 

@@ -25,6 +25,7 @@ import yaml
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
+from mlflow_project_store.deploy import DEPLOY, TRAINING_LABEL
 from mlflow_project_store.layout import KUBERNETES_VERSION, PROJECTS
 from mlflow_project_store.ready_for_mlflow.servers import S3, TrackingServer
 from tests.helpers.cluster import container_of, env_value, job_cluster
@@ -38,7 +39,7 @@ from tests.helpers.ddp import (
     rank_process,
 )
 from tests.helpers.heldout import mnist_accuracy
-from tests.helpers.kubernetes import render
+from tests.helpers.kubernetes import Peer, allowed, render
 
 MNIST_CONDA = PROJECTS / "mnist-conda"
 MNIST_DOCKER = PROJECTS / "mnist-docker"
@@ -302,6 +303,44 @@ def test_rendered_indexed_job_and_service(tmp_path: Path) -> None:
     assert container["resources"] == container_of(single)["resources"]
 
 
+def test_only_the_training_pods_reach_each_other(tmp_path: Path) -> None:
+    """kubernetes_distributed_network_policy.yaml, with the tracking server's policy, on the
+    pods of the rendered Indexed Job: they reach each other on the rendezvous port and on the
+    ports gloo picks, DNS, and the tracking server's pods; no other pod reaches their ports,
+    and they reach nothing else (S3 or any address outside)."""
+    job = rendered_job(tmp_path, "distributed", "kubernetes_distributed_config.json")
+    (policy,) = yaml.safe_load_all(
+        (MNIST_DOCKER / "kubernetes_distributed_network_policy.yaml").read_text()
+    )
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+    namespace = job["metadata"]["namespace"]
+    labels = {"kubernetes.io/metadata.name": namespace, TRAINING_LABEL: "true"}
+    pods = job["spec"]["template"]["metadata"]["labels"]
+    port = container_of(job)["ports"][0]["containerPort"]
+    rank0, rank1 = (Peer(namespace, labels, pods | {"index": str(i)}) for i in range(2))
+    deploy = {
+        d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "tracking-server.yaml").read_text())
+    }
+    server_policy, server_pod = deploy["NetworkPolicy"], deploy["Deployment"]["spec"]["template"]
+    server_policy["metadata"]["namespace"] = "mlflow"
+    (server_container,) = server_pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in server_container["ports"]}
+    server = Peer("mlflow", labels, server_pod["metadata"]["labels"], ports)
+    dns = Peer("kube-system", {"kubernetes.io/metadata.name": "kube-system"}, {"k8s-app": "dns"})
+    neighbour = Peer(namespace, labels, {"app": "notebook"})
+    elsewhere = Peer("team-b", {"kubernetes.io/metadata.name": "team-b"}, pods)
+    policies = [policy, server_policy]
+    assert allowed(policies, rank1, rank0, port)
+    assert allowed(policies, rank0, rank1, 41234)  # a port gloo opens
+    assert allowed(policies, rank0, server, ports["http"])
+    assert allowed(policies, rank0, dns, 53, "UDP")
+    assert not allowed(policies, neighbour, rank0, port)
+    assert not allowed(policies, elsewhere, rank0, port)
+    assert not allowed(policies, rank0, Peer(ip="52.216.8.0"), 443)  # S3, or anything outside
+    assert not allowed(policies, rank0, neighbour, 8080)
+    assert allowed([], neighbour, rank0, port), "without the policy, every pod gets in"
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_make_run_k8s_distributed_pods_train_as_one_run(
@@ -326,6 +365,7 @@ def test_make_run_k8s_distributed_pods_train_as_one_run(
         (job,) = cluster.jobs.values()
         logs = cluster.pod_logs(job)
     assert result.returncode == 0, result.stderr[-3000:] + "".join(logs)[-3000:]
+    assert result.stdout.startswith("Kubernetes: context lab, namespace mlflow,"), result.stdout
     name = job.manifest["metadata"]["name"]
     assert f"--node-rank=1 --master-addr={name}-0.mnist-ddp" in logs[1]
     assert "epoch 1:" in logs[0] and "epoch 1:" not in logs[1]

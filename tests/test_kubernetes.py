@@ -1,5 +1,5 @@
 """Kubernetes: `make run-k8s` of projects/mnist-docker as a Job, and the tracking server's
-deploy manifests.
+deploy manifests and `make deploy-server`.
 
 No Kubernetes cluster can run here (no kind or k3s images or binaries can be fetched), so the
 cluster is the one thing these tests do without: `make run-k8s` talks to the stand-in of
@@ -7,7 +7,10 @@ tests/helpers/cluster.py (its Job API, and a kubelet that runs the pods in Docke
 else is real: the store-kubernetes backend, the image built with .dockerignore honoured and
 pushed to a real registry, the Job rendered from the template and checked against the
 Kubernetes schema, the pod pulling the image by digest and recording into a real tracking
-server. `make run-k8s` against a real cluster runs in the test marked `k8s`.
+server. `make run-k8s` against a real cluster runs in the test marked `k8s`. The stand-in
+enforces no NetworkPolicy: which pod may reach which is evaluated from the policies as the
+Kubernetes API defines them (tests/helpers/kubernetes.py's ``allowed``). `make deploy-server`
+applies to the stand-in's API server, which records what it received.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mlflow_project_store.deploy import TRAINING_LABEL
 from mlflow_project_store.layout import KUBERNETES_VERSION, PROJECTS, ROOT
+from mlflow_project_store.manifests import pod_problems
 from mlflow_project_store.ready_for_mlflow.servers import HOST, S3, TrackingServer, free_port
-from tests.helpers.cluster import container_of, env_value, job_cluster
+from mlflow_project_store.validate_containers import job_problems
+from tests.helpers.cluster import container_of, env_value, job_cluster, pod_commands
 from tests.helpers.commands import make, one_line_reason
 from tests.helpers.components import require_docker, require_docker_image
 from tests.helpers.credentials import fake_credentials, leaked, with_password
 from tests.helpers.heldout import load_model, mnist_accuracy
-from tests.helpers.kubernetes import kube_config, least_privilege_problems, render
+from tests.helpers.kubernetes import Peer, allowed, filled_secrets, kube_config, render
 
 MNIST_DOCKER = PROJECTS / "mnist-docker"
 SMOKE = yaml.safe_load((MNIST_DOCKER / "smoke.yaml").read_text())["parameters"]
@@ -46,7 +52,25 @@ DEPLOY = ROOT / "ready_for_mlflow" / "deploy"
 JOB_TEMPLATES = [
     *sorted(PROJECTS.glob("*/kubernetes*_job_template.yaml")),
     ROOT / "example" / "project" / "k8s" / "kubernetes_job_template.yaml",
+    ROOT / "tests" / "projects" / "stand-in-trial-docker" / "kubernetes_job_template.yaml",
 ]
+# What a pod can write, who it runs as, and what it may do, as the pod sees it. /mlflow/tmp is
+# a folder of the dependency images that any user may write to: only a read-only root stops it.
+WRITE_PROBE = """
+import json, os, pathlib
+def writable(folder):
+    try:
+        pathlib.Path(folder, "probe").write_text("x")
+        return True
+    except OSError:
+        return False
+status = dict(line.split(":\\t", 1) for line in open("/proc/self/status") if ":\\t" in line)
+print(json.dumps({
+    "tmp": writable("/tmp"), "home": writable(os.environ["HOME"]),
+    "image folder": writable("/mlflow/tmp"), "uid": os.getuid(),
+    "capabilities": status["CapEff"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
+}))
+"""
 
 
 def render_smoke_job(storage: Path, experiment_id: str = "7") -> dict:
@@ -120,7 +144,8 @@ def test_make_run_k8s_runs_the_job(
         (job,) = cluster.jobs.values()
         logs = cluster.pod_logs(job)
     assert result.returncode == 0, result.stderr[-3000:] + "".join(logs)[-2000:]
-    assert "Kubernetes: context lab, namespace mlflow" in result.stdout
+    # Said first, before the image is built and the Job submitted.
+    assert result.stdout.startswith("Kubernetes: context lab, namespace mlflow,"), result.stdout
     assert leaked(keys, result.stdout, result.stderr, json.dumps(job.manifest)) == []
     assert env_value(container_of(job.manifest), "MLFLOW_TRACKING_URI") == tracking_server.url
     kubernetes_validate.validate(job.manifest, KUBERNETES_VERSION, strict=True)
@@ -191,10 +216,11 @@ def test_make_run_k8s_on_a_cluster() -> None:
 
 
 def deploy_documents() -> list[dict]:
+    """The objects of the tracking server's deploy: its manifests and its example Secret."""
     return [
         doc
-        for path in sorted(DEPLOY.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
+        for name in ("tracking-server.yaml", "secrets.example.yaml")
+        for doc in yaml.safe_load_all((DEPLOY / name).read_text())
         if doc
     ]
 
@@ -202,7 +228,7 @@ def deploy_documents() -> list[dict]:
 def test_deploy_manifests_are_valid_kubernetes() -> None:
     documents = deploy_documents()
     kinds = {doc["kind"] for doc in documents}
-    assert {"Deployment", "Service", "Secret"} <= kinds, kinds
+    assert {"Deployment", "Service", "Secret", "NetworkPolicy"} <= kinds, kinds
     for doc in documents:
         for version in ("1.30", "1.37"):
             kubernetes_validate.validate(doc, version, strict=True)
@@ -231,25 +257,171 @@ def test_deploy_runs_postgresql_s3_basic_auth_with_secrets() -> None:
 
 
 @pytest.mark.parametrize("template", JOB_TEMPLATES, ids=lambda p: p.parent.name)
-def test_job_templates_run_with_least_privilege(template: Path) -> None:
-    job = yaml.safe_load(template.read_text())
-    assert least_privilege_problems(job["spec"]["template"]["spec"]) == []
+def test_job_templates_pass_the_hardening_checks(template: Path) -> None:
+    """make validate's checks (a deadline, the retries, least privilege, a read-only root with
+    an emptyDir at /tmp) on every Job template, those outside projects/ too."""
+    assert job_problems(yaml.safe_load(template.read_text())) == []
 
 
-def test_rendered_job_keeps_least_privilege_and_validates(tmp_path: Path) -> None:
-    """MLflow's rendering keeps the securityContext, and the schema accepts it; a root user
-    or an escalation is caught."""
+def test_rendered_job_keeps_its_hardening_and_validates(tmp_path: Path) -> None:
+    """MLflow's rendering keeps the deadline, the securityContext and the volumes, and the
+    schema accepts them; a root user, an escalation, a writable root or no deadline is caught."""
     job = render_smoke_job(tmp_path)
-    pod = job["spec"]["template"]["spec"]
-    assert least_privilege_problems(pod) == []
+    assert job_problems(job) == []
     kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
-    pod["securityContext"]["runAsNonRoot"] = False
+    job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = False
     container_of(job)["securityContext"]["allowPrivilegeEscalation"] = True
-    assert len(least_privilege_problems(pod)) == 2
+    container_of(job)["securityContext"]["readOnlyRootFilesystem"] = False
+    del job["spec"]["activeDeadlineSeconds"]
+    assert len(job_problems(job)) == 4, job_problems(job)
 
 
-def test_deploy_pods_run_with_least_privilege() -> None:
+@pytest.mark.docker
+def test_the_job_pod_writes_only_to_its_empty_dirs(tmp_path: Path) -> None:
+    """The pod of the rendered Job, run by the stand-in kubelet (the template's securityContext
+    and emptyDir volumes) on the project's dependency image: /tmp and HOME are writable, a
+    folder of the image that any user may write to is not; it runs as uid 1000 with no
+    capability and no new privileges."""
+    require_docker_image(MNIST_DOCKER)
+    job = render_smoke_job(tmp_path)
+    container = container_of(job)
+    container["image"] = yaml.safe_load((MNIST_DOCKER / "MLproject").read_text())["docker_env"][
+        "image"
+    ]
+    container["command"] = ["python", "-c", WRITE_PROBE]
+    container["env"] = []
+    ((name, command),) = pod_commands(job, {})
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    seen = json.loads(ran.stdout.splitlines()[-1])
+    assert seen == {
+        "tmp": True,
+        "home": True,
+        "image folder": False,
+        "uid": 1000,
+        "capabilities": "0000000000000000",
+        "no_new_privs": "1",
+    }, name
+
+
+def test_deploy_pods_are_hardened_like_the_jobs() -> None:
+    """The tracking server's pod has the hardening of every Job's (its root read-only too)."""
     pods = [d["spec"]["template"]["spec"] for d in deploy_documents() if d["kind"] == "Deployment"]
     assert pods
     for pod in pods:
-        assert least_privilege_problems(pod) == []
+        assert pod_problems(pod) == []
+
+
+def deploy_policies(namespace: str = "mlflow") -> list[dict]:
+    """The NetworkPolicies of tracking-server.yaml, in the namespace they are deployed to."""
+    policies = [d for d in deploy_documents() if d["kind"] == "NetworkPolicy"]
+    for policy in policies:
+        policy["metadata"]["namespace"] = namespace
+    return policies
+
+
+def namespace(name: str, training: bool) -> dict[str, str]:
+    """The labels of namespace ``name`` (Kubernetes sets kubernetes.io/metadata.name)."""
+    return {"kubernetes.io/metadata.name": name} | ({TRAINING_LABEL: "true"} if training else {})
+
+
+def test_tracking_server_is_reached_from_training_namespaces_only() -> None:
+    """The server's NetworkPolicy: its port is open to the pods of the namespaces labelled as
+    make deploy-server says, and to the Ingress controller; to no other pod, and no other port
+    is open to them."""
+    (deployment,) = [d for d in deploy_documents() if d["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    server = Peer("mlflow", namespace("mlflow", False), template["metadata"]["labels"], ports)
+    job = Peer("team-a", namespace("team-a", True), {"job-name": "mnist-docker-1"})
+    same_namespace_job = Peer("mlflow", namespace("mlflow", True), {"job-name": "mnist-2"})
+    ingress = Peer("ingress-nginx", namespace("ingress-nginx", False), {"app": "controller"})
+    other = Peer("web", namespace("web", False), {"app": "shop"})
+    policies = deploy_policies()
+    assert allowed(policies, job, server, ports["http"])
+    assert allowed(policies, ingress, server, ports["http"])
+    assert not allowed(policies, Peer("mlflow", namespace("mlflow", False)), server, 5000)
+    assert allowed(policies, same_namespace_job, server, ports["http"])
+    assert not allowed(policies, other, server, ports["http"])
+    assert not allowed(policies, job, server, 8080)
+    assert allowed([], other, server, ports["http"]), "without the policy, every pod gets in"
+
+
+def test_deploy_refuses_a_change_me_naming_the_key(tmp_path: Path) -> None:
+    """A secrets file with one value left as in the example is refused in one line that names
+    that key and no value; nothing is validated or applied."""
+    secrets_file = tmp_path / "secrets.yaml"
+    written = filled_secrets(secrets_file, keep=("admin-password",))
+    result = make("deploy-server", SECRETS=str(secrets_file), DRY_RUN="1")
+    reason = one_line_reason(result, "make deploy-server: error:")
+    assert reason.endswith(
+        "Secret mlflow-tracking: key admin-password still holds CHANGE-ME: expected the real value"
+    ), reason
+    assert result.stdout == ""
+    assert leaked(written, result.stdout, result.stderr) == []
+
+
+def test_deploy_refuses_a_secrets_file_tracked_by_git(tmp_path: Path) -> None:
+    """A filled secrets file that git tracks is refused in one line, filled or not."""
+    repository = tmp_path / "team-config"
+    secrets_file = repository / "secrets.yaml"
+    repository.mkdir()
+    filled_secrets(secrets_file)
+    git = ["git", "-C", str(repository), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "secrets.yaml"], check=True)
+    result = make("deploy-server", SECRETS=str(secrets_file), DRY_RUN="1")
+    reason = one_line_reason(result, "make deploy-server: error:")
+    assert f"SECRETS={secrets_file} is tracked by git" in reason, reason
+
+
+def test_deploy_dry_run_accepts_a_filled_secrets_file(tmp_path: Path) -> None:
+    """DRY_RUN=1 with a filled file and no cluster: it says where it would deploy first, then
+    each object, which all pass the Kubernetes schema; no value is printed."""
+    secrets_file = tmp_path / "secrets.yaml"
+    written = filled_secrets(secrets_file)
+    result = make(
+        "deploy-server", SECRETS=str(secrets_file), DRY_RUN="1", KUBECONFIG=str(tmp_path / "no")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"Deploy: context none, namespace mlflow, {secrets_file}")
+    assert lines[1:] == [
+        "would apply Secret mlflow-tracking",
+        "would apply Deployment mlflow-tracking",
+        "would apply Service mlflow-tracking",
+        "would apply Ingress mlflow-tracking",
+        "would apply NetworkPolicy mlflow-tracking",
+        f"Dry run: 5 objects valid for Kubernetes {KUBERNETES_VERSION}; nothing applied",
+    ]
+    assert leaked(written, result.stdout, result.stderr) == []
+
+
+def test_make_deploy_server_applies_to_the_cluster(tmp_path: Path) -> None:
+    """On the stand-in API server: the context and namespace said first, then one server-side
+    apply per object, the Secret first, in the namespace, with the filled values; none is
+    printed."""
+    secrets_file = tmp_path / "secrets.yaml"
+    written = filled_secrets(secrets_file)
+    with job_cluster(tmp_path) as (cluster, kubeconfig):
+        result = make(
+            "deploy-server", SECRETS=str(secrets_file), KUBECONFIG=str(kubeconfig), KUBE_CONTEXT=""
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Deploy: context lab, namespace mlflow,"), result.stdout
+    assert [applied.path for applied in cluster.applied] == [
+        "/api/v1/namespaces/mlflow/secrets/mlflow-tracking",
+        "/apis/apps/v1/namespaces/mlflow/deployments/mlflow-tracking",
+        "/api/v1/namespaces/mlflow/services/mlflow-tracking",
+        "/apis/networking.k8s.io/v1/namespaces/mlflow/ingresses/mlflow-tracking",
+        "/apis/networking.k8s.io/v1/namespaces/mlflow/networkpolicies/mlflow-tracking",
+    ]
+    for applied in cluster.applied:
+        assert applied.content_type == "application/apply-patch+yaml"
+        assert applied.query["fieldManager"] == ["mlflow-project-store"]
+        assert applied.body["metadata"]["namespace"] == "mlflow"
+        kubernetes_validate.validate(applied.body, KUBERNETES_VERSION, strict=True)
+    secret = cluster.applied[0].body["stringData"]
+    assert secret["admin-password"] == written["admin-password"]
+    assert written["backend-store-uri"] in secret["backend-store-uri"]
+    assert leaked(written, result.stdout, result.stderr) == []

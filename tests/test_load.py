@@ -44,7 +44,7 @@ def test_eight_runs_at_once_keep_every_point(kind: str, s3: S3, tmp_path: Path) 
     behind a server is measured, with the others, by benchmarks/tracking_load.py.)"""
     data = write_subset(tmp_path / "digits", train=640, test=200)
     with store(kind, tmp_path, s3) as uri:
-        results = run_at_once(RUNS, uri, TINY | {"data_dir": data}, tmp_path)
+        results = run_at_once(RUNS, uri, TINY | {"data_dir": data})
         failed = [r.stderr[-1500:] for r in results if r.returncode != 0]
         assert not failed, f"{len(failed)} of {RUNS} runs failed; the first:\n{failed[0]}"
         client = MlflowClient(uri)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow.sklearn
@@ -32,30 +37,45 @@ from tests.helpers.artifacts import DigitFiles, TrainedModel
 from tests.helpers.commands import make_command, one_line_reason
 from tests.helpers.hostile import (
     BOMB_IMAGES,
+    CUT_SHORT,
+    HUGE,
+    RESET,
+    post_streamed,
     run_limited,
+    scoring_impostor,
     write_idx_bomb,
+    write_long_line_csv,
     write_png_bomb,
 )
+from tests.helpers.hostile_models import HOSTILE_MODELS, code_env
 from tests.helpers.local_models import diabetes_model as skops_model
 from tests.helpers.local_models import digit_model, pickled_model
 
 PREDICT = "mlflow_project_store.predict"
 REST_CLIENT = "mlflow_project_store.predict.rest_client"
 SAMPLES = ROOT / "example" / "predict" / "samples"
+# The tracking store of commands that read a model by path and record nothing (outside the
+# repository: `make` runs in its root).
+UNUSED_STORE = f"sqlite:///{Path(tempfile.gettempdir()) / 'mlflow-store-unused.db'}"
 # The predict CLI's address space: torch and MLflow map about 4 GB; a runaway is stopped.
 ADDRESS_SPACE = 6 << 30
 
 
 def run_cli(
-    module: str, *args: object, tracking_uri: str = "sqlite:///unused.db", cwd: Path | None = None
+    module: str,
+    *args: object,
+    tracking_uri: str = UNUSED_STORE,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)],
-        env=client_env(tracking_uri),
+        env=client_env(tracking_uri, **env),
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
 
@@ -165,9 +185,7 @@ def test_make_serve_refuses_a_pickled_model_unless_allowed(tmp_path: Path) -> No
     assert "ALLOW_PICKLE=1 serves pickled models too (their code runs)" in help_text.stdout
 
     log = tmp_path / "serve.log"
-    server = start(
-        make_serve(model, port, "ALLOW_PICKLE=1"), log, client_env("sqlite:///unused.db")
-    )
+    server = start(make_serve(model, port, "ALLOW_PICKLE=1"), log, client_env(UNUSED_STORE))
     try:
         wait_http(f"http://{HOST}:{port}/ping", server, log, timeout=180)
     finally:
@@ -199,7 +217,7 @@ def test_hostile_idx_bomb_under_a_memory_limit(
     bomb = write_idx_bomb(tmp_path / "bomb-idx3-ubyte.gz")
     assert bomb.stat().st_size < 300_000
     command = [sys.executable, "-m", PREDICT, str(model)]
-    env = client_env("sqlite:///unused.db")
+    env = client_env(UNUSED_STORE)
 
     small = run_limited([*command, str(SAMPLES / "digits")], ADDRESS_SPACE, env, tmp_path)
     assert small.returncode == 0, small.stderr[-2000:]
@@ -364,3 +382,261 @@ def test_samples_predicted_as_their_labels(trained_mnist: TrainedModel, tmp_path
     predicted = pd.read_csv(out).merge(cut, left_on="input", right_on="file")
     assert len(predicted) == len(cut)
     assert (predicted["digit"] == predicted["label"]).all(), predicted.to_string()
+
+
+SERVE = "mlflow_project_store.predict.serve"
+MIB = 1 << 20
+# The predict CLI's address space while it checks its input: it reads a row of 2 GiB in it only
+# by failing for memory.
+CSV_ADDRESS_SPACE = 1 << 30
+
+
+def down_tracking_uri() -> str:
+    """A tracking server that is not there: a model that comes from it fails after the input."""
+    return f"http://{HOST}:{free_port()}"
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def unix_socket(path: Path) -> Path:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))  # the socket file stays when it is closed
+    return path
+
+
+def digits_and_a_fifo(folder: Path) -> Path:
+    digits = folder / "digits"
+    digits.mkdir()
+    for sample in (SAMPLES / "digits").iterdir():
+        (digits / sample.name).write_bytes(sample.read_bytes())
+    fifo(digits / "z.png")
+    return digits
+
+
+@pytest.mark.parametrize(
+    ("make_input", "words"),
+    [
+        (lambda d: fifo(d / "pipe"), ["pipe: is a named pipe (FIFO)", "expected a folder of"]),
+        (lambda d: fifo(d / "rows.csv"), ["rows.csv: is a named pipe (FIFO)", "expected a CSV"]),
+        (digits_and_a_fifo, ["z.png: is a named pipe (FIFO)", "expected a PNG/JPEG image file"]),
+        (lambda d: Path("/dev/zero"), ["/dev/zero: is a character device, not a regular file"]),
+        (lambda d: unix_socket(d / "scoring.sock"), ["scoring.sock: is a socket"]),
+        (
+            lambda d: (d / "rows.csv").mkdir() or d / "rows.csv",
+            ["rows.csv: is a folder, not a regular file; expected a CSV file"],
+        ),
+    ],
+    ids=["fifo", "fifo-csv", "fifo-in-folder", "device", "socket", "folder-named-csv"],
+)
+def test_special_file_is_refused_before_the_model(tmp_path: Path, make_input, words) -> None:
+    """A named pipe blocks the first read until someone writes to it and /dev/zero never ends:
+    each is refused by its type in a second, before the model's tracking server (down here) is
+    asked; a hang fails the test at its 30 s timeout."""
+    source = make_input(tmp_path)
+    result = run_cli(
+        PREDICT,
+        "models:/mnist@champion",
+        source,
+        tracking_uri=down_tracking_uri(),
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert_predict_error(result, 2, *words)
+
+
+def quoted_lines(path: Path) -> Path:
+    """One row of 2 MiB made of short lines inside a quoted field."""
+    path.write_text('age,note\n1,"' + "x\n" * MIB + '"\n2,ok\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    "write_csv",
+    [lambda path: write_long_line_csv(path, 2 << 30), quoted_lines],
+    ids=["endless-line", "quoted-lines"],
+)
+def test_csv_row_over_the_limit_is_refused_within_memory(tmp_path: Path, write_csv) -> None:
+    """A row over PREDICT_MAX_CSV_ROW_MB (1 MiB): a 2 GiB line with no line break, or short
+    lines inside one quoted field. Refused in one line naming the file, the limit and its
+    variable, under a 1 GiB address space (a whole 2 GiB row cannot fit in it)."""
+    rows = write_csv(tmp_path / "rows.csv")
+    command = [sys.executable, "-m", PREDICT, "models:/mnist@champion", str(rows)]
+    env = client_env(down_tracking_uri())
+    result = run_limited(command, CSV_ADDRESS_SPACE, env, tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert result.stderr.startswith(
+        f"predict: error: {rows}: a CSV row longer than the limit of 1,048,576 bytes (1 MiB); "
+        "raise it with PREDICT_MAX_CSV_ROW_MB=<MiB>"
+    ), result.stderr
+
+
+def test_csv_row_limit_is_raised_by_its_variable(tmp_path: Path) -> None:
+    """A row of 2 MiB: refused by default, through the input check with
+    PREDICT_MAX_CSV_ROW_MB=3 (the tracking server, down here, stops it next); a value that is
+    not a whole number of MiB is one line."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("age,note\n1," + "x" * (2 * MIB) + "\n")
+    down = down_tracking_uri()
+    for value, code, words in [
+        ("", 2, "a CSV row longer than the limit of 1,048,576 bytes"),
+        ("3", 1, f"tracking server {down} did not answer"),
+        ("lots", 2, "PREDICT_MAX_CSV_ROW_MB must be a whole number of MiB >= 1, got 'lots'"),
+    ]:
+        result = run_cli(
+            PREDICT,
+            "models:/mnist@champion",
+            rows,
+            tracking_uri=down,
+            cwd=tmp_path,
+            PREDICT_MAX_CSV_ROW_MB=value,
+        )
+        assert_predict_error(result, code, words)
+
+
+def test_image_over_the_pixel_cap_is_one_line(tmp_path: Path) -> None:
+    """10000x10000 pixels (97 KB): PIL only warns below 179 million pixels; predict's own cap,
+    8192x8192, refuses it by its header in one line, without PIL's warning."""
+    image = write_png_bomb(tmp_path / "poster.png", side=10_000)
+    result = run_cli(
+        PREDICT, "models:/mnist@champion", image, tracking_uri=down_tracking_uri(), cwd=tmp_path
+    )
+    assert_predict_error(
+        result, 2, "poster.png: 10000x10000 pixels, more than the 67,108,864 (8192x8192)"
+    )
+
+
+# How predict.safety refuses each model of HOSTILE_MODELS, and the input it is given.
+HOSTILE = {
+    "pickled-sklearn": ("it is saved as cloudpickle", SAMPLES / "diabetes.csv"),
+    "untrusted-skops": (
+        "its skops file holds untrusted types model_code.MarkerRegressor",
+        SAMPLES / "diabetes.csv",
+    ),
+    "pickled-torch": ("it is a PyTorch model saved as a pickle (model.pth)", SAMPLES / "digits"),
+    "skops-hiding-a-pickle": (
+        "its python_function data 'hidden' is another model",
+        SAMPLES / "diabetes.csv",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_MODELS))
+def test_model_that_would_run_its_code_is_refused(tmp_path: Path, kind: str) -> None:
+    """predict refuses the model in one line naming why, and none of its code runs (its marker
+    file stays absent), though that code is importable; with --allow-pickle predict loads it and
+    the marker appears: the code would have run."""
+    marker = tmp_path / "marker"
+    model = HOSTILE_MODELS[kind](tmp_path / "model", marker)
+    why, data = HOSTILE[kind]
+    code = code_env(model)
+
+    refused = run_cli(PREDICT, model, data, cwd=tmp_path, **code)
+    assert_predict_error(refused, 1, f"refusing to load '{model}': {why}", "--allow-pickle")
+    assert not marker.exists(), marker.read_text()
+    assert not (tmp_path / "predictions.csv").exists()
+
+    allowed = run_cli(PREDICT, model, data, "--allow-pickle", cwd=tmp_path, **code)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert marker.exists()
+
+
+def test_serve_refuses_a_pickled_torch_model_before_listening(tmp_path: Path) -> None:
+    """predict.serve loads the model itself: a PyTorch pickle whose pickle module MLflow would
+    import is refused in one line, exit 1, none of its code run and nothing listening."""
+    marker = tmp_path / "marker"
+    model = HOSTILE_MODELS["pickled-torch"](tmp_path / "model", marker)
+    port = free_port()
+    served = run_cli(SERVE, model, "--port", port, cwd=tmp_path, **code_env(model))
+    reason = one_line_reason(served, "predict.serve: error: ")
+    assert f"refusing to load '{model}': {HOSTILE['pickled-torch'][0]}" in reason, reason
+    assert served.returncode == 1
+    assert not marker.exists(), marker.read_text()
+    assert not port_busy(port)
+
+
+@pytest.mark.server
+def test_make_serve_answers_an_oversized_body_with_413(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`make serve` with PREDICT_SERVE_MAX_BODY_MB=1: a 64 MiB body, with its Content-Length,
+    chunked, or chunked under a Content-Length of 10, is answered 413 with one JSON line naming
+    the limit once the limit is passed, long before the client has sent it all; bodies within
+    the limit, either way, get predictions before and after, and the REST client's too."""
+    model = digit_model(tmp_path_factory.getbasetemp() / "digit-model")
+    port, log = free_port(), tmp_path / "serve.log"
+    env = client_env(f"sqlite:///{tmp_path / 'unused.db'}", PREDICT_SERVE_MAX_BODY_MB="1")
+    server = start(make_serve(model, port), log, env)
+    images = json.dumps({"inputs": np.zeros((2, 1, 28, 28)).tolist()}).encode()
+    try:
+        wait_http(f"http://{HOST}:{port}/ping", server, log, timeout=180)
+        for length in (len(images), None):
+            answer = post_streamed(HOST, port, "/invocations", [images[:999], images[999:]], length)
+            assert answer.status == 200, answer.body[:500]
+            assert np.asarray(json.loads(answer.body)["predictions"]).shape == (2, 10)
+
+        # Declared, chunked, and chunked while declaring 10 bytes (the server reads it chunked).
+        for length, chunked in ((64 * MIB, False), (None, True), (10, True)):
+            body = itertools.repeat(b" " * MIB, 64)
+            answer = post_streamed(HOST, port, "/invocations", body, length, chunked)
+            assert answer.status == 413, (length, answer.status, answer.body[:300])
+            assert answer.body.endswith(b"}\n") and answer.body.count(b"\n") == 1, answer.body
+            error = json.loads(answer.body)
+            assert error["error_code"] == "RESOURCE_LIMIT_EXCEEDED"
+            assert "request body over the limit of 1,048,576 bytes (1 MiB)" in error["message"]
+            assert "raise it with PREDICT_SERVE_MAX_BODY_MB=<MiB>" in error["message"]
+            assert answer.headers["Connection"] == "close"
+            assert answer.sent < 32 * MIB, (length, answer.sent)
+
+        request = urllib.request.Request(
+            f"http://{HOST}:{port}/invocations", images, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as after:
+            assert np.asarray(json.load(after)["predictions"]).shape == (2, 10)
+        client = run_cli(REST_CLIENT, f"http://{HOST}:{port}", SAMPLES / "digits")
+        assert client.returncode == 0, client.stderr[-2000:]
+        assert len(client.stdout.splitlines()) == len(list((SAMPLES / "digits").iterdir()))
+    finally:
+        stop(server, timeout=5)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("reply", "words"),
+    [
+        ("html", ["answered text/html, not JSON: '<!doctype html> <html><body><h1>Welcome"]),
+        ("not-json", ["answered application/json, not JSON: 'predictions: 7 2 1'"]),
+        ("wrong-shape", ['without {"predictions": 6 rows of 10 digit scores}', "[[0.1, 0.9]]"]),
+        ("no-predictions", ['without {"predictions": 6 rows', '{"outputs": "later"}']),
+        ("http-500", ["answered HTTP 500 Internal Server Error: 'Internal Server Error Trace"]),
+        (RESET, ["gave no complete answer: [Errno 104] Connection reset by peer"]),
+        (CUT_SHORT, ["closed the connection after 18 of the 1,000 bytes", '{"predictions": [[']),
+        (HUGE, ["answered more than 16,777,216 bytes: '{\"predictions\": [['"]),
+    ],
+)
+def test_rest_client_names_an_unexpected_reply_in_one_line(reply: str, words: list[str]) -> None:
+    """A real HTTP server on loopback answers /invocations with anything but predictions: the
+    client prints one short line naming the URL and the start of what came, exit 1."""
+    with scoring_impostor() as server:
+        result = run_cli(REST_CLIENT, f"{server}/{reply}", SAMPLES / "digits", timeout=60)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and len(result.stderr) < 600, result.stderr[-3000:]
+    assert result.stderr.startswith(f"rest_client: error: {server}/{reply}/invocations "), (
+        result.stderr
+    )
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+
+
+def test_serve_refuses_a_body_limit_that_is_not_whole_mib(tmp_path: Path) -> None:
+    """PREDICT_SERVE_MAX_BODY_MB=1.5: one line naming the variable and the value, exit 2,
+    before the model is fetched."""
+    served = run_cli(
+        SERVE, tmp_path / "no-model", "--port", free_port(), PREDICT_SERVE_MAX_BODY_MB="1.5"
+    )
+    reason = one_line_reason(served, "predict.serve: error: ")
+    assert "PREDICT_SERVE_MAX_BODY_MB must be a whole number of MiB >= 1, got '1.5'" in reason
+    assert served.returncode == 2

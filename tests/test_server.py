@@ -7,6 +7,10 @@ import base64
 import json
 import os
 import re
+import ssl
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +28,10 @@ from mlflow_project_store.ready_for_mlflow.servers import (
     TrackingServer,
     free_port,
     mlflow_server,
+    mlflow_server_command,
     running,
+    start,
+    stop,
 )
 from tests.helpers.commands import make, one_line_reason, run_project
 from tests.helpers.components import require
@@ -189,3 +196,75 @@ def test_env_example_documents_every_variable() -> None:
     ):
         assert re.search(rf"^#? ?{name}=", example, re.MULTILINE), name
         assert f"`{name}`" in guide, name
+
+
+def private_ca_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate it signed for 127.0.0.1: (ca, cert, key)."""
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, request = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    extensions = folder / "san.cnf"
+    extensions.write_text(f"subjectAltName=IP:{HOST}\n")
+    openssl = ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj"]
+    for command in (
+        [*openssl, "/CN=store-test-ca", "-x509", "-days", "1", "-keyout", ca_key, "-out", ca],
+        [*openssl, f"/CN={HOST}", "-keyout", key, "-out", request],
+        ["openssl", "x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key,
+         "-CAcreateserial", "-days", "1", "-extfile", extensions, "-out", cert],
+    ):  # fmt: skip
+        subprocess.run(list(map(str, command)), capture_output=True, check=True)
+    return ca, cert, key
+
+
+def test_server_behind_a_private_ca_is_checked_with_mlflows_tls_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `mlflow server` serving TLS with a certificate of a private CA: the make targets'
+    check trusts what MLflow's client trusts (MLFLOW_TRACKING_SERVER_CERT_PATH,
+    MLFLOW_TRACKING_INSECURE_TLS); without either, one line names the setting."""
+    ca, cert, key = private_ca_certificate(tmp_path)
+    port = free_port()
+    url = f"https://{HOST}:{port}"
+    command = [
+        *mlflow_server_command(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path), port),
+        "--uvicorn-opts",
+        f"--ssl-keyfile {key} --ssl-certfile {cert}",
+    ]
+    server = start(command, tmp_path / "server.log", NO_JOB_RUNNERS | dict(os.environ))
+    trusted = ssl.create_default_context(cafile=str(ca))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5, context=trusted).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "server.log"
+                ).read_text()[-2000:]
+                time.sleep(1)
+        check = [
+            sys.executable,
+            "-m",
+            "mlflow_project_store.store",
+            "--check",
+            "--prog",
+            "make run",
+        ]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+        for name in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"):
+            env.pop(name, None)
+        untrusted = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
+        line = one_line_reason(untrusted, "make run: error:")
+        assert f"tracking server {url} has a TLS certificate" in line, line
+        assert "set MLFLOW_TRACKING_SERVER_CERT_PATH" in line, line
+        for setting in ({"MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca)},
+                        {"MLFLOW_TRACKING_INSECURE_TLS": "true"}):  # fmt: skip
+            passed = subprocess.run(
+                check, env=env | setting, capture_output=True, text=True, timeout=120
+            )
+            assert passed.returncode == 0, (setting, passed.stderr[-2000:])
+        # MLflow's own client agrees with the check.
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(ca))
+        assert MlflowClient(url).search_experiments()[0].name == "Default"
+    finally:
+        stop(server, timeout=10)

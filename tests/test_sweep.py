@@ -33,6 +33,7 @@ from tests.helpers.sweeps import (
     run_sweep,
     stand_in_project,
     stand_in_score,
+    sweep_error,
     sweep_here,
     sweep_runs,
 )
@@ -143,13 +144,91 @@ def test_the_sweep_fails_only_when_every_trial_failed(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     assert sweep_here(stand_in(tmp_path, "fail", 2, 2), tmp_path, monkeypatch) == 1
-    err = capsys.readouterr().err.splitlines()
-    (reason,) = [line for line in err if line.startswith("mnist_sweep.sweep: error:")]
+    reason = sweep_error(capsys.readouterr().err)
     assert reason.startswith("mnist_sweep.sweep: error: all 2 trials failed; the first: trial")
     assert reason.endswith("stand-in trial: forced failure")
     runs = sweep_runs(tracking_uri, "sweep")
     assert runs.parent.info.status == "FAILED"
     assert [child.info.status for child in runs.children] == ["FAILED", "FAILED"]
+
+
+@pytest.mark.slow
+def test_a_metric_the_trials_do_not_log_stops_the_sweep_after_one_trial(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """A misspelled metric: the first trial that finishes without it ends the sweep, FAILED,
+    with one line that names the metric and those the trial logged; no other trial starts."""
+    params = {**stand_in(tmp_path, "finish", 3, 1), "metric": "val_acuracy"}
+    result = run_sweep(tracking_uri, "sweep", params, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = sweep_error(result.stderr)
+    assert "trial 0 (run " in line and "finished without metric 'val_acuracy'" in line, line
+    assert line.endswith("expected one of the metrics it logged: val_accuracy"), line
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FAILED"
+    assert [(run.info.run_name, run.info.status) for run in runs.children] == [
+        ("trial-0", "FINISHED")
+    ]
+
+
+@pytest.mark.slow
+def test_a_metric_the_trials_do_not_log_stops_the_running_trials(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """Two tiny MNIST trials at a time with a misspelled metric: the first to finish ends the
+    sweep, FAILED, in one line; the other, still running, is stopped and KILLED as on Ctrl-C,
+    and no third trial starts. (Seed 42 gives trial 0 two epochs and trial 1 one.)"""
+    params = {**TINY, "trials": 4, "max_parallel": 2, "epochs_max": 2, "seed": 42}
+    result = run_sweep(tracking_uri, "sweep", params | {"metric": "val_acuracy"}, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = sweep_error(result.stderr)
+    assert "trial 1 (run " in line and "finished without metric 'val_acuracy'" in line, line
+    assert "logged: test_accuracy, " in line and ", val_accuracy, " in line, line
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FAILED"
+    statuses = {run.info.run_name: run.info.status for run in runs.children}
+    assert statuses == {"trial-0": "KILLED", "trial-1": "FINISHED"}
+
+
+@pytest.mark.slow
+def test_a_trial_param_the_project_does_not_take_is_refused_before_any_trial(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """trial_params with a key that mnist-conda's entry point main does not declare: one line
+    that names it and the params the entry point takes, the sweep's run FAILED, no trial."""
+    params = {**TINY, "trials": 2, "max_parallel": 1, "trial_params": "sed=7 device=cpu"}
+    result = run_sweep(tracking_uri, "sweep", params, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = sweep_error(result.stderr)
+    assert line.startswith(
+        "mnist_sweep.sweep: error: trial_params sets 'sed', which entry point 'main' of "
+        "project 'mnist-conda' does not take: expected one of data_dir, device, "
+    ), line
+    assert " seed, " in line and "learning_rate" not in line, line  # not the searched ones
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FAILED"
+    assert runs.children == []
+
+
+def test_a_project_that_does_not_take_a_searched_param_is_refused(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A trial project whose entry point main does not declare epochs, which the search sets:
+    refused before any trial, in one line."""
+    params = stand_in(tmp_path, "finish", 2, 2)
+    mlproject = params["project"] / "MLproject"
+    declared = mlproject.read_text()
+    mlproject.write_text(declared.replace("      epochs: int\n", ""))
+    assert mlproject.read_text() != declared
+    assert sweep_here(params, tmp_path, monkeypatch) == 1
+    line = sweep_error(capsys.readouterr().err)
+    assert line.startswith("mnist_sweep.sweep: error: the search sets 'epochs', which entry"), line
+    assert line.endswith(
+        "expected a project whose entry point takes learning_rate, batch_size, epochs"
+    )
+    runs = sweep_runs(tracking_uri, "sweep")
+    assert runs.parent.info.status == "FAILED"
+    assert runs.children == []
 
 
 @pytest.mark.slow

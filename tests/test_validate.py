@@ -2,7 +2,8 @@
 
 The broken cases run mlflow_project_store.validate's ``main`` in this process (the command line
 itself is `make validate`, above) on a copy of ``projects/`` and ``example/`` (links kept as
-links, so they resolve inside the copy), one file broken per case.
+links, so they resolve inside the copy), one file broken per case. Files that cannot be read at
+all (permissions) are broken together and checked by `make validate` itself, as a user runs it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +20,7 @@ import pytest
 
 from mlflow_project_store import validate as validate_module
 from mlflow_project_store.layout import PROJECTS, ROOT
-from tests.helpers.commands import assert_one_line_error, make
+from tests.helpers.commands import assert_one_line_error, make, make_command
 
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "mlruns", "mlflow.db")
 
@@ -87,6 +89,22 @@ def replace(path: Path, old: str, new: str) -> None:
 def relink(link: Path, target: str) -> None:
     link.unlink()
     os.symlink(target, link)
+
+
+def link_loop(folder: Path) -> None:
+    """``a -> b`` and ``b -> a`` in ``folder``."""
+    os.symlink("b", folder / "a")
+    os.symlink("a", folder / "b")
+
+
+def not_utf8(path: Path) -> None:
+    """Bytes 0xff 0xfe (a UTF-16 byte order mark) before the file's text."""
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+
+
+def link_outside(link: Path) -> None:
+    """``link`` made a relative link to this repository's README.md, outside the copy."""
+    relink(link, os.path.relpath(ROOT / "README.md", link.parent))
 
 
 def test_the_copy_itself_passes(repo_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,6 +218,32 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
         "validate: mnist-docker/kubernetes_distributed_job_template.yaml: spec has completions "
         "3, parallelism 2 and JOB_COMPLETIONS 2: expected the same number in all three",
     ),
+    "job-with-a-writable-root": (
+        lambda p: replace(
+            p / "mnist-docker/kubernetes_job_template.yaml",
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFilesystem: false",
+        ),
+        "validate: mnist-docker/kubernetes_job_template.yaml: spec.template.spec.containers[0]."
+        "securityContext.readOnlyRootFilesystem is false: expected true",
+    ),
+    "job-without-tmp-volume": (
+        lambda p: replace(
+            p / "mnist-docker/kubernetes_job_template.yaml", "- {name: tmp, mountPath: /tmp}", ""
+        ),
+        "validate: mnist-docker/kubernetes_job_template.yaml: spec.template.spec.containers[0] "
+        "mounts no emptyDir at /tmp: expected one",
+    ),
+    "job-without-a-deadline": (
+        lambda p: replace(
+            p / "mnist-docker/kubernetes_distributed_job_template.yaml",
+            "activeDeadlineSeconds: 14400",
+            "",
+        ),
+        "validate: mnist-docker/kubernetes_distributed_job_template.yaml: "
+        "spec.activeDeadlineSeconds is missing: expected the seconds after which Kubernetes "
+        "stops the Job",
+    ),
     "docker-entry-point-differs-from-the-code-home": (
         lambda p: replace(p / "mnist-docker/MLproject", "default: 14}", "default: 15}"),
         "validate: mnist-docker/MLproject: entry point 'main' differs from that of mnist-conda, "
@@ -259,6 +303,59 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+# Files that do not read as MLflow and the checks read them: each is named in one line, the
+# rest of its project is not checked until it reads, and the other projects are.
+UNREADABLE_BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "link-loop": (
+        lambda p: link_loop(p / "mnist-conda"),
+        "validate: mnist-conda/a: link loop a -> b -> a: expected a link that ends at a file "
+        "or folder",
+    ),
+    "link-to-itself": (
+        lambda p: os.symlink("self", p / "elasticnet-docker/elasticnet/self"),
+        "validate: elasticnet-docker/elasticnet/self: link loop self -> self: expected a link "
+        "that ends at a file or folder",
+    ),
+    "link-back-into-the-project": (
+        lambda p: os.symlink("..", p / "mnist-conda/up"),
+        "validate: mnist-conda/up: link -> .. leads back to a folder that holds it: expected a "
+        "target that does not hold the link",
+    ),
+    "readme-link-outside-the-repository": (
+        lambda p: link_outside(p / "mnist-conda/README.md"),
+        "validate: mnist-conda/README.md: link -> ../",
+    ),
+    "mlproject-not-utf8": (
+        lambda p: not_utf8(p / "mnist-conda/MLproject"),
+        "validate: mnist-conda/MLproject: byte 0xff at offset 0 is not UTF-8: expected UTF-8 text",
+    ),
+    "readme-not-utf8": (
+        lambda p: not_utf8(p / "elasticnet-docker/README.md"),
+        "validate: elasticnet-docker/README.md: byte 0xff at offset 0 is not UTF-8: expected "
+        "UTF-8 text",
+    ),
+    "conda-not-utf8": (
+        lambda p: not_utf8(p / "mnist-conda/conda.yaml"),
+        "validate: mnist-conda/conda.yaml: byte 0xff at offset 0 is not UTF-8: expected UTF-8 text",
+    ),
+    "python-not-utf8": (
+        lambda p: not_utf8(p / "mnist-conda/mnist/train.py"),
+        "validate: mnist-conda/mnist/train.py: byte 0xff at offset 0 is not UTF-8: expected "
+        "UTF-8 text",
+    ),
+    "dockerfile-not-utf8": (
+        lambda p: not_utf8(p / "mnist-docker/Dockerfile"),
+        "validate: mnist-docker/Dockerfile: byte 0xff at offset 0 is not UTF-8: expected UTF-8 "
+        "text",
+    ),
+    "fifo": (
+        lambda p: os.mkfifo(p / "mnist-sweep/pipe"),
+        "validate: mnist-sweep/pipe: is a FIFO: expected a regular file or folder",
+    ),
+}
+BREAKS |= UNREADABLE_BREAKS
+
+
 @pytest.mark.parametrize("case", list(BREAKS))
 def test_a_broken_file_is_named(
     repo_copy: Path, case: str, capsys: pytest.CaptureFixture[str]
@@ -271,4 +368,61 @@ def test_a_broken_file_is_named(
     assert any(line.startswith(expected) for line in lines), result.stderr[-3000:]
     assert all(line.startswith("validate: ") for line in lines), result.stderr[-3000:]
     project = expected.removeprefix("validate: ").split("/")[0]
-    assert table(result.stdout)[project][1] == "FAIL", result.stdout
+    rows = table(result.stdout)
+    assert rows[project][1] == "FAIL", result.stdout
+    if case in UNREADABLE_BREAKS:
+        named = expected.split(": ")[1]
+        assert [line.split(": ")[1] for line in lines].count(named) == 1, result.stderr[-3000:]
+        others = [row[1] for name, row in rows.items() if name != project]
+        assert others == ["ok"] * (len(rows) - 1) and len(rows) >= 4, result.stdout
+
+
+# Root reads every file whatever its mode: run as root without the capabilities that let it.
+AS_A_USER = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+)
+
+
+def test_make_validate_names_each_file_it_cannot_read(repo_copy: Path) -> None:
+    """An unreadable file, a folder without search permission, a link loop and a non-UTF-8
+    Dockerfile, in three projects: one line each from `make validate`, the fourth project
+    checked and passing, a non-zero exit, no traceback."""
+    projects = repo_copy / "projects"
+    readme, code = projects / "mnist-conda/README.md", projects / "elasticnet-docker/elasticnet"
+    readme.chmod(0)
+    code.chmod(0o644)
+    link_loop(projects / "mnist-docker")
+    not_utf8(projects / "mnist-docker/Dockerfile")
+    try:
+        result = subprocess.run(
+            [*AS_A_USER, *make_command("validate", f"PROJECTS_DIR={projects}")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        readme.chmod(0o644)
+        code.chmod(0o755)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    reader = "the user who runs make validate and mlflow run can read"
+    link = "expected a link that ends at a file or folder"
+    assert [line for line in result.stderr.splitlines() if line.startswith("validate")] == [
+        "validate: elasticnet-docker/elasticnet/: cannot be read (Permission denied): expected "
+        f"a folder that {reader}",
+        "validate: mnist-conda/README.md: cannot be read (Permission denied): expected a file "
+        f"that {reader}",
+        "validate: mnist-docker/Dockerfile: byte 0xff at offset 0 is not UTF-8: expected UTF-8 "
+        "text",
+        f"validate: mnist-docker/a: link loop a -> b -> a: {link}",
+        f"validate: mnist-docker/b: link loop b -> a -> b: {link}",
+    ], result.stderr[-3000:]
+    status = {name: row[1] for name, row in table(result.stdout).items()}
+    assert status == {
+        "elasticnet-docker": "FAIL",
+        "mnist-conda": "FAIL",
+        "mnist-docker": "FAIL",
+        "mnist-sweep": "ok",
+    }, result.stdout

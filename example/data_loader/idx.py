@@ -42,14 +42,20 @@ class IDXSizeLimitError(IDXFormatError):
     """An IDX file whose header announces more data than the size limit allows."""
 
 
-def max_idx_bytes() -> int:
-    """The data size limit from ``DATA_LOADER_MAX_IDX_MB`` (whole MiB >= 1), else 128 MiB."""
-    text = os.environ.get(MAX_MB_ENV, "").strip()
+def mib_limit(variable: str, default_mb: int) -> int:
+    """A size limit in bytes from the environment ``variable`` (whole MiB >= 1), else
+    ``default_mb`` MiB; ValueError for another value."""
+    text = os.environ.get(variable, "").strip()
     if not text:
-        return DEFAULT_MAX_MB * MIB
+        return default_mb * MIB
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{MAX_MB_ENV} must be a whole number of MiB >= 1, got {text!r}")
+        raise ValueError(f"{variable} must be a whole number of MiB >= 1, got {text!r}")
     return int(text) * MIB
+
+
+def max_idx_bytes() -> int:
+    """The data size limit from ``DATA_LOADER_MAX_IDX_MB``, else 128 MiB."""
+    return mib_limit(MAX_MB_ENV, DEFAULT_MAX_MB)
 
 
 def _open(path: Path) -> BinaryIO:

@@ -6,7 +6,8 @@ refuses scikit-learn's ``skops`` files, and a model's ``code`` paths or ``loader
 imported whatever the variable says. So, without ``allow_pickle``, a model loads only when:
 
 - its pyfunc loader is ``mlflow.pytorch`` or ``mlflow.sklearn`` and it ships no code;
-- a PyTorch model is ``pt2`` (MLflow checks the archive holds no pickled objects);
+- a PyTorch model is ``pt2`` (MLflow checks the archive holds no pickled objects), read from
+  its files as MLflow's loader reads them;
 - a scikit-learn model is ``skops`` and holds only the types that skops trusts by default
   (read from the file itself, not from the model's own MLmodel list).
 """
@@ -82,11 +83,17 @@ def check_model(model_uri: str, local: Path) -> bool:
         raise refuse(model_uri, f"it is {kind}, not a pt2 PyTorch or skops scikit-learn model")
     if pyfunc.get("code") or (flavors.get("pytorch") or {}).get("code"):
         raise refuse(model_uri, "it ships Python code that loading would import")
+    if loader == "mlflow.pytorch":
+        check_pt2(model_uri, local, pyfunc)
+        return False
     sklearn = flavors.get("sklearn")
-    if loader != "mlflow.sklearn" or sklearn is None:
-        return False  # pytorch: MLflow refuses a non-pt2 or pickle-carrying archive itself
+    if sklearn is None:
+        return False  # not a model MLflow can load as scikit-learn: its loader says so
     if sklearn.get("serialization_format") != "skops":
         raise refuse(model_uri, f"it is saved as {sklearn.get('serialization_format')}")
+    if (local / str(pyfunc.get("data", "."))).resolve() != local.resolve():
+        # MLflow would load the model that folder describes, not the file checked below.
+        raise refuse(model_uri, f"its python_function data {pyfunc['data']!r} is another model")
     import skops.io
 
     data = (local / str(pyfunc.get("model_path"))).resolve()
@@ -96,6 +103,17 @@ def check_model(model_uri: str, local: Path) -> bool:
     if untrusted:
         raise refuse(model_uri, f"its skops file holds untrusted types {', '.join(untrusted)}")
     return True
+
+
+def check_pt2(model_uri: str, local: Path, pyfunc: dict) -> None:
+    """Refuse a PyTorch model unless MLflow will load it as pt2: its data folder, inside the
+    model, without the pickled ``model.pth``. MLflow loads a ``model.pth`` with the pickle
+    module that the model names, importing that module before it checks its pickle switch."""
+    data = (local / str(pyfunc.get("data", "."))).resolve()
+    if not data.is_relative_to(local.resolve()):
+        raise refuse(model_uri, f"its model data {pyfunc.get('data')!r} is not in it")
+    if not data.is_dir() or (data / "model.pth").exists():
+        raise refuse(model_uri, "it is a PyTorch model saved as a pickle (model.pth), not pt2")
 
 
 def checked_copy(model_uri: str, allow_pickle: bool = False) -> tuple[Path, bool]:

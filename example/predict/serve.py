@@ -1,27 +1,35 @@
-"""Serve a model over REST, refusing pickled models as ``make predict`` does.
+"""Serve a model over REST, refusing pickled models as ``make predict`` does and request
+bodies over a size limit.
 
     python -m mlflow_project_store.predict.serve MODEL_URI [--port 5003] [--host 127.0.0.1]
         [--allow-pickle]
 
-`mlflow models serve` alone loads whatever the model holds. This fetches the model once, checks
-that copy with predict.safety, then becomes `mlflow models serve` of the same copy, with
-MLflow's pickle switch on only for a checked skops model or with --allow-pickle. A refused
-model, a server that is down or an unknown model is one line and exit 1, before anything
-listens. `make serve` runs it (ALLOW_PICKLE=1 there for --allow-pickle). Like `mlflow models
-serve`, it leaves the downloaded copy of a run or registry model in the temporary folder.
+`mlflow models serve` alone loads whatever the model holds and reads a request body of any
+size into memory. This fetches the model once, checks that copy with predict.safety, loads it
+with MLflow's pickle switch on only for a checked skops model or with --allow-pickle, and
+serves it with MLflow's own scoring app (what `mlflow models serve` runs: /ping, /health,
+/version, /invocations) on uvicorn, one worker, behind predict.body_limit: a request body over
+PREDICT_SERVE_MAX_BODY_MB (default 100 MiB, what MLflow's serving container lets through) is
+answered 413 before it is read. A refused model, a server that is down or an unknown model is
+one line and exit 1, before anything listens. `make serve` runs it (ALLOW_PICKLE=1 there for
+--allow-pickle). Like `mlflow models serve`, it leaves the downloaded copy of a run or registry
+model in the temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from pathlib import Path
 
 from mlflow_project_store.project_tools.cli import OneLineParser, fail, number
 
+from .body_limit import BodyLimit
 from .cli import PredictError, model_errors
-from .safety import PICKLE_ENV, RISK, UnsafeModelError, checked_copy
+from .limits import BODY_ENV, DEFAULT_BODY_MB, limit_bytes
+from .safety import RISK, UnsafeModelError, load_model
+
+# MLflow documents `mlflow models serve`, not the function that makes its app: this module was
+# written for the scoring_server.init of this version.
+WRITTEN_FOR = "3.17.2"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,18 +53,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import mlflow
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    if mlflow.__version__ != WRITTEN_FOR:
+        fail(
+            args.prog,
+            f"predict.serve was written for mlflow {WRITTEN_FOR} (it calls "
+            f"mlflow.pyfunc.scoring_server.init); this environment has mlflow "
+            f"{mlflow.__version__}: pin mlflow=={WRITTEN_FOR}",
+            status=1,
+        )
+    try:
+        limit = limit_bytes(BODY_ENV, DEFAULT_BODY_MB)
+    except ValueError as exc:
+        fail(args.prog, str(exc))
     try:
         with model_errors(args.model_uri, args.prog):
-            local, unpickle = checked_copy(args.model_uri, args.allow_pickle)
+            model = load_model(args.model_uri, args.allow_pickle)
     except UnsafeModelError as exc:
         fail(args.prog, exc.line(args.allow_hint), status=1)
     except PredictError as exc:
         fail(args.prog, str(exc), status=1)
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    command = [mlflow, "models", "serve", "-m", str(local), "--env-manager", "local"]
-    command += ["--host", args.host, "--port", str(args.port)]
-    sys.stdout.flush()
-    os.execve(mlflow, command, os.environ | {PICKLE_ENV: "true" if unpickle else "false"})
+    app = BodyLimit(scoring_server.init(model), limit)
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

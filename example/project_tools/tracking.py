@@ -59,6 +59,11 @@ def server_problem(uri: str, timeout: float = START_TIMEOUT) -> str | None:
         return f"answered HTTP {error.code} on {AUTHENTICATED_PATH.partition('?')[0]}"
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (
+                f"has a TLS certificate this machine does not trust ({reason.verify_message}): "
+                "set MLFLOW_TRACKING_SERVER_CERT_PATH to its CA bundle"
+            )
         return f"did not answer ({reason})"
 
 
@@ -119,11 +124,9 @@ def require_tracking_server(prog: str, uri: str | None = None) -> None:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     problem = server_problem(uri)
     if problem:
-        hint = (
-            ""
-            if "credentials" in problem
-            else ("; start it (make server) or set MLFLOW_TRACKING_URI to a running one")
-        )
+        answered = "credentials" in problem or "MLFLOW_TRACKING_SERVER_CERT_PATH" in problem
+        start_it = "; start it (make server) or set MLFLOW_TRACKING_URI to a running one"
+        hint = "" if answered else start_it
         fail(prog, f"tracking server {redact(uri)} {problem}{hint}", status=1)
 
 

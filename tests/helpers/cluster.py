@@ -6,12 +6,18 @@ server is :class:`JobCluster`: an HTTP server on loopback that answers the three
 makes of a cluster (create a Job, read its status every 5 s, delete it) and runs the Job's pods
 the kubelet's way in Docker: the container image pulled from the real registry by digest, the
 rendered command, the env with literal values and the Secrets it was given (an optional Secret
-that does not exist is left out), one container per completion index of an Indexed Job with the
-pod's JOB_COMPLETION_INDEX, hostname ``<job>-<index>`` and the names of the headless Service
-(``--add-host``, standing in for the cluster's DNS); only MASTER_PORT is added, since the
-containers share the host's ports. Deleting the Job stops its pods (SIGTERM,
-then SIGKILL after 30 s). Everything else is real: the image build with .dockerignore, the
-push, the Job rendered from the template, the tracking server the pods record into.
+that does not exist is left out), the securityContext as the kubelet applies it (the user, no
+new privileges, the dropped capabilities, ``--read-only`` for ``readOnlyRootFilesystem``), each
+emptyDir volume as an empty tmpfs at its mountPath (other volume kinds are refused), one
+container per completion index of an Indexed Job with the pod's JOB_COMPLETION_INDEX, hostname
+``<job>-<index>`` and the names of the headless Service (``--add-host``, standing in for the
+cluster's DNS); only MASTER_PORT is added, since the containers share the host's ports.
+Deleting the Job stops its pods (SIGTERM, then SIGKILL after 30 s). NetworkPolicies are not
+enforced (the containers share the host's network): tests check them with
+tests/helpers/kubernetes.py's ``allowed``. A server-side apply (PATCH, `make deploy-server`) is
+recorded in ``applied`` and answered with the object, nothing more. Everything else is real:
+the image build with .dockerignore, the push, the Job rendered from the template, the tracking
+server the pods record into.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import yaml
 
@@ -42,6 +49,17 @@ class Pod:
     command: list[str]
     process: subprocess.Popen | None = None
     log: str = ""
+
+
+@dataclass
+class Applied:
+    """A server-side apply the API server received (``make deploy-server``): recorded, and
+    answered with the object."""
+
+    path: str
+    query: dict[str, list[str]]
+    content_type: str
+    body: dict
 
 
 @dataclass
@@ -88,6 +106,38 @@ def pod_env(container: dict, secrets: dict[str, dict[str, str]]) -> list[str]:
     return flags
 
 
+def pod_security(pod: dict, container: dict) -> list[str]:
+    """`docker run` flags of the pod's and the container's securityContext (the container's
+    fields win), as the kubelet applies them; the runtime's default seccomp profile is Docker's."""
+    merged = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    flags = []
+    if "runAsUser" in merged:
+        group = f":{merged['runAsGroup']}" if "runAsGroup" in merged else ""
+        flags += ["--user", f"{merged['runAsUser']}{group}"]
+    if merged.get("allowPrivilegeEscalation") is False:
+        flags += ["--security-opt", "no-new-privileges"]
+    for capability in merged.get("capabilities", {}).get("drop", []):
+        flags += ["--cap-drop", capability]
+    if merged.get("readOnlyRootFilesystem"):
+        flags.append("--read-only")
+    return flags
+
+
+def pod_volumes(pod: dict, container: dict) -> list[str]:
+    """`docker run` flags that mount each of the container's emptyDir volumes: an empty tmpfs,
+    writable by any user as an emptyDir is, of the volume's sizeLimit."""
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    flags = []
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        assert "emptyDir" in volume, f"the stand-in kubelet mounts emptyDir volumes only: {volume}"
+        options = ["ro" if mount.get("readOnly") else "rw", "mode=1777"]
+        if limit := volume["emptyDir"].get("sizeLimit"):
+            options.append(f"size={limit.removesuffix('i').lower()}")  # 2Gi -> size=2g
+        flags += ["--tmpfs", f"{mount['mountPath']}:{','.join(options)}"]
+    return flags
+
+
 def pod_commands(job: dict, secrets: dict[str, dict[str, str]]) -> list[tuple[str, list[str]]]:
     """(pod name, `docker run` command) of each pod of ``job``, as Kubernetes would start it."""
     spec, container = job["spec"], container_of(job)
@@ -107,6 +157,8 @@ def pod_commands(job: dict, secrets: dict[str, dict[str, str]]) -> list[tuple[st
             for host in (f"{name}-0.{subdomain}", pod, f"{pod}.{subdomain}"):
                 extra += ["--add-host", f"{host}:127.0.0.1"]
         run = ["docker", "run", "--rm", "--name", pod, "--network", "host", *extra]
+        pod_spec = spec["template"]["spec"]
+        run += pod_security(pod_spec, container) + pod_volumes(pod_spec, container)
         run += pod_env(container, secrets)
         run += ["--entrypoint", container["command"][0], container["image"]]
         pods.append((pod, run + container["command"][1:]))
@@ -120,6 +172,7 @@ class JobCluster(ThreadingHTTPServer):
         super().__init__((HOST, free_port()), JobHandler)
         self.secrets, self.workdir = secrets, workdir
         self.jobs: dict[str, Job] = {}
+        self.applied: list[Applied] = []
         self.lock = threading.Lock()
 
     @property
@@ -155,8 +208,8 @@ class JobCluster(ThreadingHTTPServer):
         return [Path(pod.log).read_text() for pod in job.pods]
 
 
-class JobHandler(BaseHTTPRequestHandler):
-    server: JobCluster
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet handler of a stand-in API server that answers JSON."""
 
     def log_message(self, *args: object) -> None:
         pass
@@ -168,6 +221,10 @@ class JobHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class JobHandler(JsonHandler):
+    server: JobCluster
 
     def job_or_404(self) -> tuple[Job | None, bool]:
         found = JOBS.match(self.path.split("?")[0])
@@ -192,6 +249,13 @@ class JobHandler(BaseHTTPRequestHandler):
                 {"type": condition, "status": "True", "message": f"Job {condition.lower()}"}
             ]
         self.reply(200, {**job.manifest, "status": status})
+
+    def do_PATCH(self) -> None:
+        path, _, query = self.path.partition("?")
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content_type = self.headers["Content-Type"]
+        self.server.applied.append(Applied(path, parse_qs(query), content_type, body))
+        self.reply(200, body)
 
     def do_DELETE(self) -> None:
         job, found = self.job_or_404()

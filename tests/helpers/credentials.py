@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+import string
 from pathlib import Path
+
+# The shapes of AWS keys: what the repository and image scans look for.
+AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[0-9A-Z]{16}")
+AWS_SECRET = re.compile(r"aws_secret_access_key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}", re.IGNORECASE)
+
+
+def aws_key_shapes(text: str) -> list[str]:
+    """What in ``text`` has the shape of an AWS key id or a secret key assignment."""
+    patterns = (AWS_KEY_ID, AWS_SECRET)
+    return [match.group(0) for pattern in patterns for match in pattern.finditer(text)]
 
 
 def fake_credentials() -> dict[str, str]:
-    """Recognisable, unique fake keys (no real key's shape: the repository scan stays clean)."""
+    """Unique fake keys in the shape of real ones, made at run time (never in a file of the
+    repository), so every scan that looks for real keys finds these too."""
+    upper = string.ascii_uppercase + string.digits
+    secret = string.ascii_letters + string.digits + "/+"
     return {
-        "AWS_ACCESS_KEY_ID": f"FAKEKEYID{secrets.token_hex(8).upper()}",
-        "AWS_SECRET_ACCESS_KEY": f"fake-secret-{secrets.token_hex(16)}",
+        "AWS_ACCESS_KEY_ID": "AKIA" + "".join(secrets.choice(upper) for _ in range(16)),
+        "AWS_SECRET_ACCESS_KEY": "".join(secrets.choice(secret) for _ in range(40)),
         "MLFLOW_TRACKING_PASSWORD": f"fake-password-{secrets.token_hex(8)}",
     }
 

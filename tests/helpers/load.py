@@ -1,4 +1,4 @@
-"""Many `mlflow run`s at once against one store, and the metric points each run must hold."""
+"""Many `make run`s at once against one store, and the metric points each run must hold."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mlflow_project_store.ready_for_mlflow.servers import (
     mlflow_server,
 )
 from mnist.tracking import LOG_EVERY_STEPS
-from tests.helpers.commands import mlflow_run
+from tests.helpers.commands import make_command
 from tests.helpers.components import require
 from tests.helpers.servers import postgres, postgres_binaries
 
@@ -60,31 +60,21 @@ def store(kind: str, workdir: Path, s3: S3) -> Iterator[str]:
 
 
 def run_at_once(
-    count: int, tracking_uri: str, params: dict[str, object], workdir: Path, timeout: int = 900
+    count: int, tracking_uri: str, params: dict[str, object], timeout: int = 900
 ) -> list[subprocess.CompletedProcess[str]]:
-    """``count`` `mlflow run`s of mnist-conda started together, one torch thread each (so that
-    they share the cores instead of fighting over them); their results in start order.
-
-    The experiment is created first: `mlflow run --experiment-name` started several times at
-    once races to create it, and the losers fail with RESOURCE_ALREADY_EXISTS (MLflow 3.17.2;
-    docs/reliability.md).
-    """
-    MlflowClient(tracking_uri).create_experiment(EXPERIMENT)
-    env = client_env(tracking_uri, OMP_NUM_THREADS="1")
+    """``count`` `make run`s of mnist-conda started together into the new experiment
+    ``EXPERIMENT`` (``MLFLOW_EXPERIMENT_NAME``), one torch thread each (so that they share the
+    cores instead of fighting over them); their results in start order. Nothing is created
+    first: the runs race to create the experiment as a user's would."""
+    env = client_env(tracking_uri, OMP_NUM_THREADS="1", MLFLOW_EXPERIMENT_NAME=EXPERIMENT)
     if not tracking_uri.startswith("http"):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+    run_args = " ".join(f"-P {name}={value}" for name, value in params.items())
+    command = make_command("run", f"TRACKING_URI={tracking_uri}", f"RUN_ARGS={run_args}")
 
-    def one(index: int) -> subprocess.CompletedProcess[str]:
-        cwd = workdir / f"run-{index}"
-        cwd.mkdir()
-        return mlflow_run(
-            MNIST_CONDA,
-            tracking_uri,
-            params,
-            cwd=cwd,
-            experiment=EXPERIMENT,
-            env=env,
-            timeout=timeout,
+    def one(_: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
 
     with ThreadPoolExecutor(count) as pool:

@@ -121,6 +121,18 @@ def interrupted_sweep(
             process.wait(timeout=30)
 
 
+def sweep_error(stderr: str) -> str:
+    """The one line the sweep refused or failed with (``mnist_sweep.sweep: error: ...``) in
+    ``stderr``, the output of a sweep among MLflow's log lines; asserts that it is one line,
+    the only one, with no traceback."""
+    from mnist_sweep.sweep import PROG
+
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{PROG}: error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
 def wait_until(condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -36,6 +36,21 @@ class AllTrialsFailed(Exception):
     """No trial finished with the metric; the message names the first failure."""
 
 
+class MetricNotLogged(Exception):
+    """A trial finished without the metric the search optimizes: its name is wrong, and every
+    other trial would end the same way. The message names the metrics the trial logged."""
+
+    def __init__(self, metric: str, trial: Trial) -> None:
+        logged = ", ".join(trial.metrics)
+        expected = (
+            f"expected one of the metrics it logged: {logged}" if logged else "it logged none"
+        )
+        super().__init__(
+            f"trial {trial.number} (run {trial.run_id}) finished without metric {metric!r}: "
+            f"{expected}"
+        )
+
+
 @dataclass
 class Trial:
     """One trial: its params, its MLflow run and how it ended."""
@@ -48,6 +63,7 @@ class Trial:
     container: str | None = None
     state: str = "RUNNING"
     value: float | None = None
+    metrics: list[str] = field(default_factory=list)  # the names of those its run logged
     reason: str = ""
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
@@ -75,7 +91,10 @@ class Search:
         self.client = MlflowClient()
 
     def run(self) -> list[Trial]:
-        """Run every trial; return them in the order they ended."""
+        """Run every trial; return them in the order they ended.
+
+        MetricNotLogged stops the search at the first trial that finished without the metric,
+        once the trials that ended with it are recorded; the others are still running."""
         while len(self.done) + len(self.running) < self.args.trials or self.running:
             while (
                 len(self.running) < self.args.max_parallel
@@ -83,11 +102,16 @@ class Search:
             ):
                 self.start()
             time.sleep(POLL_SECONDS)
+            unlogged = []
             for trial in list(self.running):
                 status = self.status(trial)
                 if status != "RUNNING":
                     self.running.remove(trial)
                     self.end(trial, status)
+                    if status == "FINISHED" and trial.value is None:
+                        unlogged.append(trial)
+            if unlogged:
+                raise MetricNotLogged(self.args.metric, unlogged[0])
         return self.done
 
     def best(self) -> Trial:
@@ -178,6 +202,7 @@ class Search:
         if not RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
             self.client.set_terminated(trial.run_id, status)
         metric = self.args.metric
+        trial.metrics = sorted(run.data.metrics)
         if status == "FINISHED" and metric in run.data.metrics:
             trial.value = run.data.metrics[metric]
         elif status == "FINISHED":

@@ -7,8 +7,10 @@ This run is the parent. Optuna's TPE sampler proposes a learning rate, a batch s
 number of epochs for each trial; the trial runs ``project`` (default ``mnist-conda``, in this
 folder: a link to ../mnist-conda here, a copy in an exported sweep) through
 ``mlflow.projects.run`` on the backend asked for, up to ``max_parallel`` trials at a time.
-Environments and images are built once, before the first trial (trials.py). A failed trial is
-recorded as FAILED and the search goes on; the search fails only when every trial failed.
+A param the trial project's entry point does not take is refused before any trial, and
+environments and images are built once, before the first trial (trials.py). A failed trial is
+recorded as FAILED and the search goes on; the search fails when every trial failed, or at once
+when a trial finished without the metric (its name is wrong: the running trials are stopped).
 Ctrl-C (or SIGTERM) cancels the running trials and marks them KILLED. At the end the parent run
 holds the best trial, its params and metric, and the search history as a table and a plot; with
 ``registered_model_name`` the best trial's model is registered with the alias ``candidate``.
@@ -216,7 +218,8 @@ def search_and_record(
     a_trial = {name: getattr(args, f"{name}_min") for name in SEARCHED}
     target = prepare(
         args.project,
-        args.trial_params | a_trial,
+        args.trial_params,
+        a_trial,
         args.backend,
         trial_env_manager(args.env_manager, run.data.tags),
         args.build_image,
@@ -247,15 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     from project_tools.tracking import record_source, shown_store
 
     from .history import RegisterError
-    from .search import AllTrialsFailed
+    from .search import AllTrialsFailed, MetricNotLogged
     from .trials import TrialSetupError
 
     started: list[Search] = []  # the Search, once it exists
 
     def end(status: str) -> None:
-        """End the sweep's run with ``status``, its trials' runs too (stopped when KILLED)."""
+        """End the sweep's run with ``status``, its trials' runs too: those still running (the
+        sweep interrupted or failed) are stopped and marked KILLED."""
         for search in started:
-            if status == "KILLED":
+            if status != "FINISHED":
                 search.stop()
             search.end_orphans("KILLED" if status == "KILLED" else "FAILED")
         mlflow.end_run(status)
@@ -271,7 +275,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: interrupted: the running trials were stopped and marked KILLED")
             stopper.end_launcher()
             return 130
-        except (TrialSetupError, AllTrialsFailed, RegisterError, RegistryError) as exc:
+        except (
+            TrialSetupError,
+            MetricNotLogged,
+            AllTrialsFailed,
+            RegisterError,
+            RegistryError,
+        ) as exc:
             end("FAILED")
             fail(PROG, str(exc), 1)
         except Exception:

@@ -1,7 +1,8 @@
 """Trials as MLflow project runs: each environment built once, then every trial launched.
 
-``prepare`` builds what the trials share before the first one starts, with the same MLflow
-functions (and so the same cache keys) that ``mlflow run`` uses:
+``prepare`` refuses a param that the trials' entry point does not declare (in its MLproject),
+then builds what the trials share before the first one starts, with the same MLflow functions
+(and so the same cache keys) that ``mlflow run`` uses:
 
 - ``--env-manager uv|virtualenv``: ``mlflow.utils.virtualenv._create_virtualenv`` into the
   environment folder ``mlflow run`` would use; ``conda``: ``get_or_create_conda_env``. Each
@@ -80,7 +81,8 @@ class Target:
 
 def prepare(
     project: str,
-    params: dict,
+    trial_params: dict,
+    searched: dict,
     backend: str,
     env_manager: str,
     build_image: bool,
@@ -89,16 +91,19 @@ def prepare(
     run_id: str,
     workdir: Path,
 ) -> Target:
-    """Fetch the project, build its environment or image once, and say how to run trials.
+    """Fetch the project, check the params a trial gets, build its environment or image once,
+    and say how to run trials.
 
-    ``params`` are those of a trial (MLflow checks that the project needs no others);
-    ``run_id`` (the sweep's run) is tagged with the image that was built.
+    ``trial_params`` are the fixed params of every trial, ``searched`` those the search sets,
+    at some value (MLflow checks that the project needs no others); ``run_id`` (the sweep's run)
+    is tagged with the image that was built.
     """
     try:
-        work_dir = fetch_and_validate_project(project, None, ENTRY_POINT, params)
+        work_dir = fetch_and_validate_project(project, None, ENTRY_POINT, trial_params | searched)
         spec = load_project(work_dir)
     except Exception as exc:  # MLflow raises several kinds; each one means "no such project"
         raise TrialSetupError(f"project {project!r}: {first_line(exc)}") from exc
+    check_params(project, entry_point_params(Path(work_dir)), trial_params, list(searched))
     if backend == KUBERNETES:
         if not spec.docker_env:
             raise TrialSetupError(f"backend kubernetes runs docker_env projects; {project} is not")
@@ -116,6 +121,41 @@ def prepare(
         return pinned(target, build_image_once(work_dir, spec, spec.name, run_id), workdir)
     build_environment(spec, Path(work_dir), env_manager)
     return Target(work_dir, work_dir, LOCAL, env_manager)
+
+
+def mlproject_file(folder: Path) -> Path:
+    """The MLproject file of the project in ``folder`` (MLflow takes any case of the name)."""
+    return next(path for path in folder.iterdir() if path.name.lower() == "mlproject")
+
+
+def entry_point_params(folder: Path) -> list[str]:
+    """The params that the trials' entry point of the project in ``folder`` declares, read from
+    its MLproject (MLflow has already checked the file and that the entry point is there)."""
+    content = yaml.safe_load(mlproject_file(folder).read_text())
+    return list(content["entry_points"][ENTRY_POINT].get("parameters") or {})
+
+
+def check_params(
+    project: str, declared: list[str], trial_params: dict, searched: list[str]
+) -> None:
+    """Refuse a param that the trials' entry point does not declare, before any trial.
+
+    MLflow would pass it to the entry point's command as ``--name value`` (its rule for
+    undeclared params), which a command like mnist-conda's refuses: every trial would fail
+    the same way, one after the other.
+    """
+    where = f"entry point {ENTRY_POINT!r} of project {project!r}"
+    if missing := [name for name in searched if name not in declared]:
+        raise TrialSetupError(
+            f"the search sets {', '.join(map(repr, missing))}, which {where} does not take: "
+            f"expected a project whose entry point takes {', '.join(searched)}"
+        )
+    if unknown := [name for name in trial_params if name not in declared]:
+        settable = sorted(name for name in declared if name not in searched)
+        raise TrialSetupError(
+            f"trial_params sets {', '.join(map(repr, unknown))}, which {where} does not take: "
+            f"expected one of {', '.join(settable) or 'none (it takes only the searched ones)'}"
+        )
 
 
 def build_environment(spec: Project, work_dir: Path, env_manager: str) -> None:
@@ -171,7 +211,7 @@ def pinned(target: Target, image: str, workdir: Path) -> Target:
     The image holds the project's code already, so the copy needs nothing else.
     """
     source = Path(target.uri)
-    mlproject = next(path for path in source.iterdir() if path.name.lower() == "mlproject")
+    mlproject = mlproject_file(source)
     content = yaml.safe_load(mlproject.read_text())
     content["docker_env"]["image"] = image
     folder = workdir / source.name

@@ -48,7 +48,6 @@ from pathlib import Path
 from types import FrameType
 
 import kubernetes
-import mlflow
 import yaml
 from mlflow.entities import Run
 from mlflow.exceptions import ExecutionException
@@ -72,21 +71,18 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
 from mlflow_project_store.images import build_image
+from mlflow_project_store.mlflow_version import version_problem
 from mlflow_project_store.project_tools.tracking import git_source_tags
 
-WRITTEN_FOR = "3.17.2"  # the mlflow version whose undocumented names this module calls
 PR_SET_PDEATHSIG = 1
 STOP_SECONDS = 60  # how long a cancelled container has to save its checkpoint
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def require_mlflow(backend: str) -> None:
-    if mlflow.__version__ != WRITTEN_FOR:
-        raise ExecutionException(
-            f"{backend} was written for mlflow {WRITTEN_FOR} (it calls names MLflow does not "
-            f"document); this environment has mlflow {mlflow.__version__}: "
-            f"pin mlflow=={WRITTEN_FOR}"
-        )
+    problem = version_problem(backend, "mlflow.projects' docker and kubernetes internals")
+    if problem:
+        raise ExecutionException(problem)
 
 
 class Interrupted(Exception):

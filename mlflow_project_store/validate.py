@@ -61,6 +61,7 @@ from mlflow_project_store.layout import (
     SHARED_PACKAGES,
     split_folder,
 )
+from mlflow_project_store.mlflow_version import version_problem
 from mlflow_project_store.project_tools.cli import OneLineParser, folder
 from mlflow_project_store.validate_containers import (
     MLFLOW_PIN,
@@ -613,6 +614,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    problem = version_problem(PROG, "mlflow.projects._project_spec")
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 2
     projects_dir = args.projects_dir.absolute()
     # MLflow logs each rendering step at INFO; only the problems belong on stderr.
     logging.getLogger("mlflow").setLevel(logging.WARNING)

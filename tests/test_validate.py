@@ -16,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import mlflow
 import pytest
 
 from mlflow_project_store import validate as validate_module
 from mlflow_project_store.layout import PROJECTS, ROOT
+from mlflow_project_store.mlflow_version import WRITTEN_FOR, version_problem
 from tests.helpers.commands import assert_one_line_error, make, make_command
 
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "mlruns", "mlflow.db")
@@ -426,3 +428,14 @@ def test_make_validate_names_each_file_it_cannot_read(repo_copy: Path) -> None:
         "mnist-docker": "FAIL",
         "mnist-sweep": "ok",
     }, result.stdout
+
+
+def test_tooling_says_which_mlflow_it_was_written_for():
+    """The modules that call MLflow's undocumented names (validate, the store backends,
+    predict.serve) stop in one line on another mlflow, and the venv's pin is that version."""
+    assert mlflow.__version__ == WRITTEN_FOR
+    assert version_problem("make validate", "mlflow.projects._project_spec") is None
+    line = version_problem("make validate", "mlflow.projects._project_spec", installed="3.18.0")
+    assert line.startswith("make validate was written for mlflow 3.17.2 ")
+    assert "this environment has mlflow 3.18.0: pin mlflow==3.17.2" in line
+    assert "\n" not in line

@@ -27,10 +27,6 @@ from .cli import PredictError, model_errors
 from .limits import BODY_ENV, DEFAULT_BODY_MB, limit_bytes
 from .safety import RISK, UnsafeModelError, load_model
 
-# MLflow documents `mlflow models serve`, not the function that makes its app: this module was
-# written for the scoring_server.init of this version.
-WRITTEN_FOR = "3.17.2"
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="predict.serve", description=__doc__.splitlines()[0])
@@ -53,18 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    import mlflow
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
-    if mlflow.__version__ != WRITTEN_FOR:
-        fail(
-            args.prog,
-            f"predict.serve was written for mlflow {WRITTEN_FOR} (it calls "
-            f"mlflow.pyfunc.scoring_server.init); this environment has mlflow "
-            f"{mlflow.__version__}: pin mlflow=={WRITTEN_FOR}",
-            status=1,
-        )
+    from mlflow_project_store.mlflow_version import version_problem
+
+    # MLflow documents `mlflow models serve`, not the function that makes its app.
+    problem = version_problem("predict.serve", "mlflow.pyfunc.scoring_server.init")
+    if problem:
+        fail(args.prog, problem, status=1)
     try:
         limit = limit_bytes(BODY_ENV, DEFAULT_BODY_MB)
     except ValueError as exc:

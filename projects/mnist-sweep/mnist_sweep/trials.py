@@ -52,6 +52,9 @@ from mlflow.utils.virtualenv import (
 from . import BACKENDS
 
 LOCAL, KUBERNETES = BACKENDS
+# The mlflow version whose undocumented names (above, and mlflow.projects' internals) this module
+# calls: prepare refuses another one in one line rather than fail inside MLflow.
+WRITTEN_FOR = "3.17.2"
 ENTRY_POINT = "main"
 EXPERIMENT_NAME_VAR = "MLFLOW_EXPERIMENT_NAME"
 # The prefix of MLflow's log lines ("2026/01/31 12:00:00 INFO mlflow.cli: ..."), and lines that
@@ -98,6 +101,12 @@ def prepare(
     at some value (MLflow checks that the project needs no others); ``run_id`` (the sweep's run)
     is tagged with the image that was built.
     """
+    if mlflow.__version__ != WRITTEN_FOR:
+        raise TrialSetupError(
+            f"the sweep's trials were written for mlflow {WRITTEN_FOR} (they call names MLflow "
+            f"does not document); this environment has {mlflow.__version__}: pin "
+            f"mlflow=={WRITTEN_FOR} in conda.yaml"
+        )
     try:
         work_dir = fetch_and_validate_project(project, None, ENTRY_POINT, trial_params | searched)
         spec = load_project(work_dir)

@@ -234,7 +234,10 @@ def test_deploy_manifests_are_valid_kubernetes() -> None:
             kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_deploy_runs_postgresql_s3_basic_auth_with_secrets() -> None:
+def test_deploy_manifest_takes_every_credential_from_a_secret() -> None:
+    """What the server manifest says (no cluster runs its pods here; the stand-in API server
+    takes it in test_make_deploy_server_applies_to_the_cluster): basic auth, S3 artifacts, a
+    PostgreSQL store, and each credential from a Secret, never a plain value in its env."""
     (deployment,) = [d for d in deploy_documents() if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     command = " ".join(container.get("command", []) + container.get("args", []))

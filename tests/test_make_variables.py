@@ -43,6 +43,7 @@ class Case:
     finishes: bool = False  # the target exits 0: the recipe line with the value ran
     printed: str | None = None  # in its output ({value}: the value as the recipe sees it)
     written: str | None = None  # a path it writes: the value taken verbatim
+    slow: bool = False  # over 5 s: the store check, then a second tool that imports mlflow
 
     @property
     def id(self) -> str:
@@ -70,7 +71,7 @@ CASES = [
         finishes=True,
         written="{value}/trial.py",
     ),
-    Case("reproduce", "RUN", "reproduce:"),
+    Case("reproduce", "RUN", "reproduce:", slow=True),
     Case("run-k8s", "K8S_PROJECT", "make run-k8s:"),
     Case("run-k8s", "ENTRY_POINT", "make run-k8s:"),
     Case("run-k8s", "KUBE_CONTEXT", "make run-k8s:", also=("KUBE_TRACKING_URI",)),
@@ -85,9 +86,9 @@ CASES = [
     ),
     Case("ui", "UI_PORT", "make ui:"),
     Case("run", "RUN_ARGS", also=("PROJECT", "ENV_MANAGER")),
-    Case("sweep", "TRIALS", "mnist_sweep.sweep:"),
-    Case("sweep", "PARALLEL", also=("RUN_ARGS", "MODEL")),
-    Case("run-docker", "DOCKER_RUN_ARGS", also=("DOCKER_PROJECT", "RUN_ARGS")),
+    Case("sweep", "TRIALS", "mnist_sweep.sweep:", slow=True),
+    Case("sweep", "PARALLEL", also=("RUN_ARGS", "MODEL"), slow=True),
+    Case("run-docker", "DOCKER_RUN_ARGS", also=("DOCKER_PROJECT", "RUN_ARGS"), slow=True),
     Case("predict", "MODEL", "predict:", ("INPUT=example/predict/samples/digits/",)),
     Case("predict", "INPUT", "predict:", (ABSENT_MODEL,)),
     Case("serve", "SERVE_PORT", "predict.serve:", (ABSENT_MODEL,), also=("ALLOW_PICKLE",)),
@@ -130,7 +131,9 @@ def write_workspace(tmp: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in CASES]
+)
 def test_a_hostile_value_is_data(case: Case, tmp_path: Path) -> None:
     write_workspace(tmp_path)
     canary = tmp_path / "CANARY"

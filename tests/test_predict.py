@@ -193,6 +193,7 @@ def test_make_serve_refuses_a_pickled_model_unless_allowed(tmp_path: Path) -> No
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_skops_model_loads_without_pickles(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -524,6 +525,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(HOSTILE_MODELS))
 def test_model_that_would_run_its_code_is_refused(tmp_path: Path, kind: str) -> None:
     """predict refuses the model in one line naming why, and none of its code runs (its marker
@@ -544,6 +546,7 @@ def test_model_that_would_run_its_code_is_refused(tmp_path: Path, kind: str) -> 
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_pickled_torch_model_before_listening(tmp_path: Path) -> None:
     """predict.serve loads the model itself: a PyTorch pickle whose pickle module MLflow would
     import is refused in one line, exit 1, none of its code run and nothing listening."""

@@ -140,6 +140,7 @@ def test_a_failed_trial_leaves_the_sweep_finished(
     assert runs.parent.data.metrics["best_val_accuracy"] == best
 
 
+@pytest.mark.slow
 def test_the_sweep_fails_only_when_every_trial_failed(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

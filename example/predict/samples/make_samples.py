@@ -2,7 +2,8 @@
 
 - digits/*.png: the first six digits of the bundled MNIST test set, in the forms people have
   them (MNIST's light-on-dark at 28x28, dark-on-light scans at 56x56 and 100x100, RGB);
-  digits.csv lists each file with its test-set index and label.
+  each file is named by its test-set index and its digit (``test0-digit7-...``), and
+  digits.csv lists each file with its index and label.
 - diabetes.csv: five held-out rows of scikit-learn's diabetes data, the columns the
   elasticnet model takes.
 """
@@ -35,7 +36,7 @@ def write_digits(count: int = 6) -> None:
         if rgb:
             image = image.convert("RGB")
         style = "dark-on-light" if dark_on_light else "light-on-dark"
-        name = f"{index}-{style}-{size}px{'-rgb' if rgb else ''}.png"
+        name = f"test{index}-digit{labels[index]}-{style}-{size}px{'-rgb' if rgb else ''}.png"
         image.save(folder / name)
         lines.append(f"{name},{index},{labels[index]}")
     (HERE / "digits.csv").write_text("\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +82,13 @@ def split_folder(folder: str) -> tuple[str, str | None]:
         if folder.endswith(f"-{variant}"):
             return folder.removesuffix(f"-{variant}"), variant
     return folder, None
+
+
+# How the tools name a path that is not a regular file (make validate, predict's inputs).
+FILE_TYPES = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}

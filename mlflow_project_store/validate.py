@@ -54,6 +54,7 @@ from mlflow.projects._project_spec import Project as Spec
 from mlflow.projects._project_spec import load_project
 
 from mlflow_project_store.layout import (
+    FILE_TYPES,
     HELDOUT,
     MLFLOW_PARAM_TYPES,
     PROJECTS,
@@ -280,12 +281,6 @@ def check_environment(project: Project) -> list[str]:
 TEXT_NAMES = ("MLproject", "Dockerfile", ".dockerignore")
 TEXT_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".json", ".toml", ".txt", ".cfg", ".ini", ".sh")
 READER = "the user who runs make validate and mlflow run"
-SPECIAL_FILES = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
 MAX_LINKS = 40  # the kernel's limit on links followed in one path (ELOOP beyond it)
 
 
@@ -339,7 +334,7 @@ def content_problem(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return None
     if not stat.S_ISREG(mode):
-        kind = SPECIAL_FILES.get(stat.S_IFMT(mode), "not a regular file")
+        kind = FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
         return f"is {kind}: expected a regular file or folder"
     # Not blocking: a file that turned into a FIFO since the stat above must not hang the check.
     with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:

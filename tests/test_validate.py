@@ -352,7 +352,7 @@ UNREADABLE_BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "fifo": (
         lambda p: os.mkfifo(p / "mnist-sweep/pipe"),
-        "validate: mnist-sweep/pipe: is a FIFO: expected a regular file or folder",
+        "validate: mnist-sweep/pipe: is a named pipe (FIFO): expected a regular file or folder",
     ),
 }
 BREAKS |= UNREADABLE_BREAKS

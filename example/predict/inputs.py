@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from mlflow_project_store.data_loader import IDXFormatError, IDXSizeLimitError, read_idx
+from mlflow_project_store.layout import FILE_TYPES
 
 from .limits import CSV_ROW_ENV, DEFAULT_CSV_ROW_MB, describe, limit_bytes
 
@@ -36,13 +37,6 @@ SIZE = 28
 # A digit needs no more: a 20000x20000 PNG of a few KB would decode to 400 MB or more.
 MAX_PIXELS = 8192 * 8192
 EXPECTED = "a folder of PNG/JPEG digit images, a PNG/JPEG image, an MNIST IDX image file or a CSV"
-NOT_REGULAR = {
-    stat.S_IFDIR: "a folder",
-    stat.S_IFIFO: "a named pipe (FIFO)",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
 QUOTE, LF, CR = b'"'[0], b"\n"[0], b"\r"[0]
 
 Batch = tuple[list[str] | None, "np.ndarray | pd.DataFrame"]
@@ -62,7 +56,7 @@ def require_regular(path: Path, expected: str) -> None:
     """Refuse anything but a regular file (links followed) before it is opened."""
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode):
-        what = NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
+        what = FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
         raise InputError(f"{path}: is {what}, not a regular file; expected {expected}")
 
 

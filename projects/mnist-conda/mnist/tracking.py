@@ -141,22 +141,22 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> str:
         # The flavor's pinned defaults (torch, ...): skips a 10 s import-tracing subprocess.
         "pip_requirements": mlflow.pytorch.get_default_pip_requirements(),
     }
-    try:
-        with warnings.catch_warnings():
-            # torch's pt2 writer warns about weights that share a storage, which matters only
-            # off the CPU; these are on it (above), so the line would only alarm the reader.
-            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+    with warnings.catch_warnings():
+        # torch's pt2 writer warns about weights that share a storage, which matters only off
+        # the CPU; these are on it (above), so the line would only alarm the reader.
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        try:
             return mlflow.pytorch.log_model(model, name="model", **options).model_uri
-    except Exception as exc:
-        run_id = mlflow.active_run().info.run_id
-        kept = Path(tempfile.gettempdir()) / "mnist-models" / run_id / "model"
-        if not kept.exists():
-            mlflow.pytorch.save_model(model, kept, **options)
-        raise TrackingError(
-            f"logging the model failed ({exc}); the trained model is kept at {kept}; upload it "
-            f"with: mlflow artifacts log-artifacts --run-id {run_id} --local-dir {kept} "
-            f"--artifact-path model"
-        ) from exc
+        except Exception as exc:
+            run_id = mlflow.active_run().info.run_id
+            kept = Path(tempfile.gettempdir()) / "mnist-models" / run_id / "model"
+            if not kept.exists():
+                mlflow.pytorch.save_model(model, kept, **options)
+            raise TrackingError(
+                f"logging the model failed ({exc}); the trained model is kept at {kept}; "
+                f"upload it with: mlflow artifacts log-artifacts --run-id {run_id} --local-dir "
+                f"{kept} --artifact-path model"
+            ) from exc
 
 
 CHECKPOINT = "checkpoint/checkpoint.pt"

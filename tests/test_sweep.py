@@ -179,9 +179,10 @@ def test_a_metric_the_trials_do_not_log_stops_the_running_trials(
 ) -> None:
     """Two tiny MNIST trials at a time with a misspelled metric: the first to finish ends the
     sweep, FAILED, in one line; the other, still running, is stopped and KILLED as on Ctrl-C,
-    and no third trial starts. (Seed 42 gives trial 0 two epochs and trial 1 one, so trial 1
-    usually finishes first; on a busy machine trial 1 can start late enough that trial 0 does.)"""
-    params = {**TINY, "trials": 4, "max_parallel": 2, "epochs_max": 2, "seed": 42}
+    and no third trial starts. (Seed 42 gives trial 0 four epochs and trial 1 one: the other
+    trial is still running, seconds beyond the sweep's 2 s poll, whichever starts first on a
+    busy machine.)"""
+    params = {**TINY, "trials": 4, "max_parallel": 2, "epochs_max": 5, "seed": 42}
     result = run_sweep(tracking_uri, "sweep", params | {"metric": "val_acuracy"}, tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     line = sweep_error(result.stderr)

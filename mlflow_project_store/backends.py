@@ -40,12 +40,8 @@ import os
 import shlex
 import signal
 import subprocess
-import threading
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import kubernetes
 import yaml
@@ -72,6 +68,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENV
 
 from mlflow_project_store.images import build_image
 from mlflow_project_store.mlflow_version import version_problem
+from mlflow_project_store.project_tools.lifecycle import raise_once_on_signal
 from mlflow_project_store.project_tools.tracking import git_source_tags
 
 PR_SET_PDEATHSIG = 1
@@ -96,47 +93,27 @@ class StoppedElsewhere(Exception):
     """The run was stopped by someone else (its Job deleted): nothing left to cancel."""
 
 
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """Meanwhile, SIGTERM and SIGINT raise :class:`Interrupted` (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        for each in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(each, signal.SIG_IGN)  # cancelling is not cut short by a second one
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def wait_for(submitted: SubmittedRun) -> SubmittedRun:
     """Wait for ``submitted``; cancel it on SIGTERM or Ctrl-C; end its MLflow run with the
     outcome unless its command already did; raise ExecutionException unless it finished."""
     client = MlflowClient()
     run_id = submitted.run_id
     outcome = "FINISHED"
-    try:
-        with signals_interrupt():
+    with raise_once_on_signal(Interrupted):  # a second signal does not cut the cancel short
+        try:
             if not submitted.wait():
                 outcome = "FAILED"
-    except Interrupted as stop:
-        print(f"=== Run (ID '{run_id}') stopped by {stop}: cancelling it ===", flush=True)
-        submitted.cancel()
-        outcome = "KILLED"
-    except StoppedElsewhere as stop:
-        print(f"=== Run (ID '{run_id}') stopped: {stop} ===", flush=True)
-        outcome = "KILLED"
-    status = client.get_run(run_id).info.status
-    if status not in TERMINAL:
-        client.set_terminated(run_id, outcome)
-        status = outcome
+        except Interrupted as stop:
+            print(f"=== Run (ID '{run_id}') stopped by {stop}: cancelling it ===", flush=True)
+            submitted.cancel()
+            outcome = "KILLED"
+        except StoppedElsewhere as stop:
+            print(f"=== Run (ID '{run_id}') stopped: {stop} ===", flush=True)
+            outcome = "KILLED"
+        status = client.get_run(run_id).info.status
+        if status not in TERMINAL:
+            client.set_terminated(run_id, outcome)
+            status = outcome
     if status != "FINISHED":
         raise ExecutionException(f"Run (ID '{run_id}') ended {status}")
     print(f"=== Run (ID '{run_id}') succeeded ===", flush=True)
@@ -175,15 +152,16 @@ class StoreBackend(AbstractBackend):
         command = get_entry_point_command(
             project, entry_point, params, backend_config[PROJECT_STORAGE_DIR]
         )
-        try:
-            with signals_interrupt():
+        with raise_once_on_signal(Interrupted):
+            try:
                 submitted = self.launch(work_dir, project, run, command, backend_config)
-        except Interrupted as stop:
-            MlflowClient().set_terminated(run.info.run_id, "KILLED")
-            raise ExecutionException(f"Run (ID '{run.info.run_id}') stopped by {stop}") from None
-        except BaseException:
-            MlflowClient().set_terminated(run.info.run_id, "FAILED")
-            raise
+            except Interrupted as stop:
+                MlflowClient().set_terminated(run.info.run_id, "KILLED")
+                message = f"Run (ID '{run.info.run_id}') stopped by {stop}"
+                raise ExecutionException(message) from None
+            except BaseException:
+                MlflowClient().set_terminated(run.info.run_id, "FAILED")
+                raise
         return wait_for(submitted)
 
     def launch(

@@ -46,6 +46,7 @@ from mlflow.webhooks.constants import (
 )
 
 from mlflow_project_store.project_tools.cli import OneLineParser, fail
+from mlflow_project_store.project_tools.lifecycle import raise_once
 from mlflow_project_store.project_tools.redaction import redact
 from mlflow_project_store.rollout import RolloutError, Target, checked_target, roll
 from mlflow_project_store.serving_image import MODEL_URI, ServingImageError
@@ -251,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         f"listening on http://{host}:{server.server_address[1]}/ for "
         f"model_version_alias.created of {model_uri}"
     )
-    # SIGTERM (a pod stopped, `make` interrupted) ends it as Ctrl-C does. A rollout under way is
-    # dropped before its manifest is written or applied: what runs keeps running.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # SIGTERM (a pod stopped, `make` interrupted) ends it as Ctrl-C does, once: a second one
+    # while it closes is ignored. A rollout under way is dropped before its manifest is written
+    # or applied: what runs keeps running.
+    raise_once(lambda signum: KeyboardInterrupt(), (signal.SIGTERM, signal.SIGINT))
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ import boto3
 from dotenv import dotenv_values
 
 from mlflow_project_store.project_tools.cli import OneLineParser, fail, number
+from mlflow_project_store.project_tools.lifecycle import raise_once
 from mlflow_project_store.project_tools.redaction import redact
 
 VENV_BIN = Path(sys.executable).parent
@@ -469,11 +470,13 @@ def start_servers(args: argparse.Namespace) -> None:
     if local_s3 and port_busy(args.s3_port):
         fail(PROG, f"port {args.s3_port} on {HOST} is in use; set S3_PORT=...", status=1)
 
-    # A SIGTERM or SIGHUP while waiting stops what has started (as Ctrl-C does).
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
     env = dict(os.environ)
     url = f"http://{HOST}:{args.port}"
+    # SIGTERM, SIGHUP or Ctrl-C while waiting stops what has started; a second one does not cut
+    # that short.
+    raise_once(
+        lambda signum: SystemExit(128 + signum), (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    )
     try:
         if local_s3:
             moto, s3 = start_moto(args.s3_port, destination[1], state / "s3.log")

@@ -13,12 +13,15 @@ that `mlflow server` itself signs and sends.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import tarfile
 import time
 import uuid
+from contextlib import suppress
 from io import BytesIO
 from pathlib import Path
 
@@ -464,6 +467,22 @@ def test_receiver_without_secret_is_one_line(tmp_path: Path) -> None:
         WEBHOOK_SECRET="",
     )
     assert "export WEBHOOK_SECRET" in one_line_reason(result, "make rollout-receiver: error:")
+
+
+def test_receiver_stops_quietly_however_many_sigterms_reach_it(tmp_path: Path) -> None:
+    """`kill -TERM -<group>` of `make rollout-receiver` reaches the receiver twice (from the
+    sender, and from `make` passing it on); a burst of them, until it has gone, ends it with no
+    traceback."""
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    process, _, _, log = receiver(tmp_path, tracking_uri, secrets.token_hex(16), "models:/m@a")
+    deadline = time.monotonic() + 30
+    with suppress(ProcessLookupError):
+        while process.poll() is None and time.monotonic() < deadline:
+            os.killpg(process.pid, signal.SIGTERM)
+    stop(process)
+    text = log.read_text()
+    assert "listening on" in text
+    assert "Traceback" not in text and "Exception ignored" not in text, text
 
 
 @pytest.mark.slow

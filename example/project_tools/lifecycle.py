@@ -231,21 +231,37 @@ class Stopper:
         self.restore()
 
 
+def raise_once(
+    make: Callable[[signal.Signals], BaseException], signals: tuple[int, ...] = SIGNALS
+) -> dict[int, object]:
+    """From now on, the first of ``signals`` (SIGTERM, SIGINT) raises ``make(signal)`` in the
+    main thread and later ones do nothing, so that stopping (the children, a server) is not cut
+    short; SIGKILL still ends the process. The handlers replaced are returned.
+
+    A second signal is common: ``kill -TERM -<group>`` under `make` reaches a recipe once from
+    the sender and once more from `make`, which passes it on. The later ones stay with a Python
+    handler rather than SIG_IGN: a signal received while the handler is swapped would be
+    reported by CPython as "Signal 15 ignored due to race condition", with a traceback."""
+    raised = False
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise make(signal.Signals(signum))
+
+    return {signum: signal.signal(signum, interrupt) for signum in signals}
+
+
 @contextmanager
-def raise_once_on_signal(make: Callable[[signal.Signals], BaseException]) -> Iterator[None]:
-    """Meanwhile, the first SIGTERM or SIGINT raises ``make(signal)`` in the main thread; later
-    ones are ignored, so that stopping the children (which itself sends SIGTERM, e.g. from a
-    child's :meth:`Stopper.end_launcher`) is not cut short. SIGKILL still ends the process."""
+def raise_once_on_signal(
+    make: Callable[[signal.Signals], BaseException], signals: tuple[int, ...] = SIGNALS
+) -> Iterator[None]:
+    """Meanwhile, :func:`raise_once` (main thread only); then the handlers it replaced again."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        for each in SIGNALS:
-            signal.signal(each, signal.SIG_IGN)
-        raise make(signal.Signals(signum))
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in SIGNALS}
+    previous = raise_once(make, signals)
     try:
         yield
     finally:
